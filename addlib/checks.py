@@ -1,0 +1,181 @@
+"""Checkers for the notebooks' exercises.
+
+Each ``check_*`` takes the learner's function, runs it on a few cases against ``addlib``'s own implementation
+and either prints one line saying it passed or raises :class:`CheckFailed` with what went wrong: which case,
+what was expected, what came back, and, when the answer matches a common mistake, a hint naming it. In
+Jupyter the failure shows as that message alone, without a traceback into this file.
+
+Adding a checker: describe the cases, the reference and the mistakes you expect, and call :func:`run_checks`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from addlib.forward_process import add_noise, predict_x0_and_epsilon
+from addlib.schedules import make_alphas_cumprod
+
+
+class CheckFailed(AssertionError):
+    """A learner's answer is wrong; the message says how."""
+
+    def _render_traceback_(self) -> list[str]:
+        # IPython calls this instead of printing a traceback: the learner needs the message, not our stack.
+        return [f"\x1b[31m{line}\x1b[0m" if i == 0 else line for i, line in enumerate(str(self).splitlines())]
+
+
+@dataclass
+class Case:
+    """One input to try: a description a learner can read, and the positional arguments."""
+
+    description: str
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class Mistake:
+    """A plausible wrong answer: when the learner's output equals ``wrong(*args)``, show ``hint``."""
+
+    hint: str
+    wrong: Callable
+
+
+BROADCAST_HINT = (
+    "a per-sample coefficient such as alphas_cumprod[timesteps] has shape (B,); reshape it to (B, 1, 1, 1) "
+    "so it multiplies each sample of shape (B, C, H, W) as a whole."
+)
+
+
+def _summary(value) -> str:
+    if not isinstance(value, torch.Tensor):
+        return f"{type(value).__name__} {value!r}"[:200]
+    head = ", ".join(f"{v:.4f}" for v in value.detach().flatten()[:4].tolist())
+    return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}, first values [{head}, ...]"
+
+
+def _difference(got, expected: torch.Tensor, atol: float, rtol: float) -> str | None:
+    """Why ``got`` is not ``expected``, or None when they agree."""
+    if not isinstance(got, torch.Tensor):
+        return f"expected a torch.Tensor, got {type(got).__name__}"
+    if got.shape != expected.shape:
+        return f"expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
+    got = got.detach().to(expected.dtype)
+    if not torch.isfinite(got).all() and torch.isfinite(expected).all():
+        return "the result contains NaN or inf"
+    if torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):
+        return None
+    error = (got - expected).abs().nan_to_num(0.0)
+    index = tuple(torch.unravel_index(error.argmax(), error.shape))
+    return f"largest difference {error.max().item():.4g} at index {tuple(int(i) for i in index)}"
+
+
+def run_checks(
+    name: str,
+    fn: Callable,
+    reference: Callable,
+    cases: Sequence[Case],
+    mistakes: Sequence[Mistake] = (),
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Run ``fn`` and ``reference`` on every case; print a pass line or raise :class:`CheckFailed`."""
+    for number, case in enumerate(cases, start=1):
+        where = f"case {number} of {len(cases)}: {case.description}"
+        expected = reference(*case.args, **case.kwargs)
+        try:
+            # Clones, so a learner's in-place edit cannot change what the reference or later cases see.
+            got = fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in case.args], **case.kwargs)
+        except NotImplementedError:
+            raise CheckFailed(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code.") from None
+        except Exception as error:  # the learner's code failed: say where, keep the type and message
+            message = f"{name} raised {type(error).__name__} on {where}\n  {error}"
+            if "must match the size" in str(error):
+                message += f"\n  hint: {BROADCAST_HINT}"
+            raise CheckFailed(message) from None
+        problem = _difference(got, expected, atol, rtol)
+        if problem is None:
+            continue
+        lines = [
+            f"{name} is wrong on {where}",
+            f"  expected: {_summary(expected)}",
+            f"  got:      {_summary(got)}",
+            f"  {problem}",
+        ]
+        for mistake in mistakes:
+            if _difference(got, mistake.wrong(*case.args, **case.kwargs), atol, rtol) is None:
+                lines.append(f"  hint: {mistake.hint}")
+                break
+        raise CheckFailed("\n".join(lines))
+    print(f"✓ {name} passes all {len(cases)} cases")
+
+
+def _coefficient(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    return alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+
+
+def _noising_cases() -> list[Case]:
+    """Inputs for the forward-process exercises: (x, noise, timesteps, alphas_cumprod), several schedules."""
+    gen = torch.Generator().manual_seed(0)
+    sd = make_alphas_cumprod("scaled_linear")
+    cosine = make_alphas_cumprod("cosine")
+    return [
+        Case("one 3x8x8 image at t=0, Stable Diffusion's schedule",
+             (torch.randn(1, 3, 8, 8, generator=gen), torch.randn(1, 3, 8, 8, generator=gen), torch.tensor([0]), sd)),
+        Case("a batch of 4 images at t=[249, 499, 749, 999] (ADD's student timesteps)",
+             (torch.randn(4, 3, 8, 8, generator=gen), torch.randn(4, 3, 8, 8, generator=gen),
+              torch.tensor([249, 499, 749, 999]), sd)),
+        Case("a batch of 3 latents of shape 4x4x6 at t=[10, 500, 990], cosine schedule",
+             (torch.randn(3, 4, 4, 6, generator=gen), torch.randn(3, 4, 4, 6, generator=gen),
+              torch.tensor([10, 500, 990]), cosine)),
+    ]
+
+
+def check_add_noise(fn: Callable) -> None:
+    """Check ``fn(x0, noise, timesteps, alphas_cumprod)`` samples q(x_t | x_0) (DDPM, eq. 4)."""
+    run_checks(
+        "add_noise",
+        fn,
+        add_noise,
+        _noising_cases(),
+        mistakes=[
+            Mistake("this is alphas_cumprod * x0 + (1 - alphas_cumprod) * noise: the coefficients are the square "
+                    "roots, sqrt(alphas_cumprod[t]) and sqrt(1 - alphas_cumprod[t]).",
+                    lambda x, n, t, a: _coefficient(a, t) * x + (1 - _coefficient(a, t)) * n),
+            Mistake("x0 and noise are swapped: x0 is scaled by sqrt(alphas_cumprod[t]), the noise by "
+                    "sqrt(1 - alphas_cumprod[t]).",
+                    lambda x, n, t, a: (1 - _coefficient(a, t)).sqrt() * x + _coefficient(a, t).sqrt() * n),
+            Mistake("the noise coefficient is 1 - sqrt(alphas_cumprod[t]); it should be sqrt(1 - alphas_cumprod[t]), "
+                    "so that the variance stays 1.",
+                    lambda x, n, t, a: _coefficient(a, t).sqrt() * x + (1 - _coefficient(a, t).sqrt()) * n),
+            Mistake("the index is off by one: alphas_cumprod[t] already is the product up to and including step t.",
+                    lambda x, n, t, a: add_noise(x, n, (t - 1) % len(a), a)),
+        ],
+    )
+
+
+def _x0_from_epsilon(x_t, epsilon, timesteps, alphas_cumprod):
+    return predict_x0_and_epsilon(epsilon, x_t, timesteps, alphas_cumprod, "epsilon")[0]
+
+
+def check_x0_from_epsilon(fn: Callable) -> None:
+    """Check ``fn(x_t, epsilon, timesteps, alphas_cumprod)`` inverts q(x_t | x_0) for x0 given the noise."""
+    run_checks(
+        "x0_from_epsilon",
+        fn,
+        _x0_from_epsilon,
+        _noising_cases(),
+        mistakes=[
+            Mistake("x0 = (x_t - sqrt(1 - abar_t) * epsilon) / sqrt(abar_t): you used abar_t without the square roots.",
+                    lambda x, e, t, a: (x - (1 - _coefficient(a, t)) * e) / _coefficient(a, t)),
+            Mistake("you multiplied by sqrt(abar_t); undoing x_t = sqrt(abar_t) * x0 + ... means dividing by it.",
+                    lambda x, e, t, a: (x - (1 - _coefficient(a, t)).sqrt() * e) * _coefficient(a, t).sqrt()),
+            Mistake("subtract the scaled noise first, then divide: (x_t - sqrt(1 - abar_t) * epsilon) / sqrt(abar_t).",
+                    lambda x, e, t, a: x / _coefficient(a, t).sqrt() - (1 - _coefficient(a, t)).sqrt() * e),
+            Mistake("the noise is subtracted, not added: x_t - sqrt(1 - abar_t) * epsilon.",
+                    lambda x, e, t, a: (x + (1 - _coefficient(a, t)).sqrt() * e) / _coefficient(a, t).sqrt()),
+        ],
+    )

@@ -1,0 +1,100 @@
+"""Every checker accepts a right answer and rejects plausible wrong ones with a message naming the case."""
+
+import pytest
+import torch
+
+from addlib import checks
+
+
+def add_noise_right(x0, noise, timesteps, alphas_cumprod):
+    abar = alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+
+def x0_from_epsilon_right(x_t, epsilon, timesteps, alphas_cumprod):
+    abar = alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)
+    return (x_t - (1 - abar).sqrt() * epsilon) / abar.sqrt()
+
+
+def _abar(a, t):
+    return a[t].reshape(-1, 1, 1, 1)
+
+
+def not_implemented(*args):
+    raise NotImplementedError()
+
+
+def test_right_answers_pass(capsys):
+    checks.check_add_noise(add_noise_right)
+    checks.check_x0_from_epsilon(x0_from_epsilon_right)
+    assert capsys.readouterr().out.splitlines() == [
+        "✓ add_noise passes all 3 cases",
+        "✓ x0_from_epsilon passes all 3 cases",
+    ]
+
+
+@pytest.mark.parametrize(
+    "wrong, expected",
+    [
+        (lambda x, n, t, a: _abar(a, t) * x + (1 - _abar(a, t)) * n,
+         ["add_noise is wrong on case 1 of 3: one 3x8x8 image at t=0", "expected: tensor of shape (1, 3, 8, 8)",
+          "largest difference", "hint: this is alphas_cumprod * x0 + (1 - alphas_cumprod) * noise"]),
+        (lambda x, n, t, a: (1 - _abar(a, t)).sqrt() * x + _abar(a, t).sqrt() * n,
+         ["add_noise is wrong on case 1 of 3", "hint: x0 and noise are swapped"]),
+        (lambda x, n, t, a: _abar(a, t).sqrt() * x + (1 - _abar(a, t).sqrt()) * n,
+         ["add_noise is wrong on case 1 of 3", "hint: the noise coefficient is 1 - sqrt(alphas_cumprod[t])"]),
+        (lambda x, n, t, a: a[t].sqrt() * x + (1 - a[t]).sqrt() * n,  # forgets to reshape for broadcasting
+         ["add_noise raised RuntimeError on case 2 of 3: a batch of 4 images at t=[249, 499, 749, 999]",
+          "hint: a per-sample coefficient such as alphas_cumprod[timesteps] has shape (B,)"]),
+        (lambda x, n, t, a: add_noise_right(x, n, t, a)[0],  # drops the batch dimension
+         ["add_noise is wrong on case 1 of 3", "expected shape (1, 3, 8, 8), got shape (3, 8, 8)"]),
+        (lambda x, n, t, a: add_noise_right(x, n, t - 1, a),  # off by one in the index
+         ["add_noise is wrong on case 1 of 3", "hint: the index is off by one"]),
+        (lambda x, n, t, a: add_noise_right(x, n, t, a).numpy(),
+         ["add_noise is wrong on case 1 of 3", "expected a torch.Tensor, got ndarray"]),
+        (not_implemented,
+         ["add_noise is not implemented yet: replace `raise NotImplementedError()` with your code."]),
+    ],
+)
+def test_add_noise_checker_rejects_wrong_answers(wrong, expected):
+    with pytest.raises(checks.CheckFailed) as failure:
+        checks.check_add_noise(wrong)
+    for fragment in expected:
+        assert fragment in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda x, e, t, a: (x - (1 - _abar(a, t)) * e) / _abar(a, t), "without the square roots"),
+        (lambda x, e, t, a: (x - (1 - _abar(a, t)).sqrt() * e) * _abar(a, t).sqrt(), "you multiplied by sqrt(abar_t)"),
+        (lambda x, e, t, a: x / _abar(a, t).sqrt() - (1 - _abar(a, t)).sqrt() * e, "subtract the scaled noise first"),
+        (lambda x, e, t, a: (x + (1 - _abar(a, t)).sqrt() * e) / _abar(a, t).sqrt(), "the noise is subtracted"),
+    ],
+)
+def test_x0_from_epsilon_checker_names_the_mistake(wrong, hint):
+    with pytest.raises(checks.CheckFailed, match="x0_from_epsilon is wrong on case 1 of 3") as failure:
+        checks.check_x0_from_epsilon(wrong)
+    assert hint in str(failure.value)
+
+
+def test_learner_input_mutation_does_not_leak_into_later_cases():
+    def in_place(x, n, t, a):
+        x.mul_(0)  # corrupts its argument, then answers correctly from the corrupted input
+        return add_noise_right(x, n, t, a)
+
+    with pytest.raises(checks.CheckFailed, match="add_noise is wrong on case 1 of 3"):
+        checks.check_add_noise(in_place)
+
+
+def test_failure_renders_in_ipython_without_a_traceback():
+    try:
+        checks.check_add_noise(not_implemented)
+    except checks.CheckFailed as failure:
+        lines = failure._render_traceback_()
+    assert len(lines) == 1 and "add_noise is not implemented yet" in lines[0]
+
+
+def test_nan_output_is_reported():
+    with pytest.raises(checks.CheckFailed, match="the result contains NaN or inf"):
+        checks.check_add_noise(lambda x, n, t, a: torch.full_like(x, float("nan")))

@@ -1,0 +1,95 @@
+"""The repository's promises: install files in step, CI runs the README's command, notebooks in step."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from addlib import exercises
+
+ROOT = Path(__file__).resolve().parents[1]
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+def _requirement(spec: str) -> tuple[str, str]:
+    name, bound = re.match(r"([A-Za-z0-9_.-]+)\s*(.*)", spec).groups()
+    return name.lower(), bound.replace(" ", "")
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *(r for extra in project["optional-dependencies"].values() for r in extra)]
+    wanted = dict(_requirement(r) for r in wanted)
+    wanted = {CONDA_NAMES.get(name, name): bound for name, bound in wanted.items()}
+    conda = yaml.safe_load((ROOT / "environment.yml").read_text())["dependencies"]
+    listed = dict(_requirement(d) for d in conda if isinstance(d, str) and not d.startswith(("python=", "pip")))
+    assert listed == wanted, "environment.yml and pyproject.toml list different requirements"
+
+
+def _readme_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    setup = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```bash\n(.*?)\n```", setup, flags=re.S)
+
+
+def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
+    commands = _readme_commands()
+    assert len(commands) == 2, "the README's set-up section must show exactly two commands"
+    course, tests = commands
+    assert "jupyter" in course and "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert tests in ci, f"CI must run the README's test command verbatim: {tests!r}"
+
+
+def test_learner_notebooks_are_in_step_with_solutions():
+    stale = exercises.sync(ROOT, check=True)
+    assert not stale, f"stale: {stale}; run `python -m addlib.exercises` and commit the result"
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.name)
+def test_solution_notebook_structure(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].source == exercises.setup_cell_source(exercises.repository_url(ROOT))
+    solutions = [c for c in code if c.metadata.get("nbgrader", {}).get("solution")]
+    assert len(solutions) >= 2, "each notebook has at least two exercises"
+    ids = [c.metadata["nbgrader"]["grade_id"] for c in code if "nbgrader" in c.metadata]
+    assert len(ids) == len(set(ids)), "nbgrader grade_ids must be unique"
+    for cell in solutions:
+        following = code[code.index(cell) + 1]
+        assert "checks.check_" in following.source, f"exercise {cell.metadata['nbgrader']['grade_id']} needs a check cell"
+        assert following.metadata["nbgrader"]["grade"] is True
+    size = path.stat().st_size
+    assert size < 400_000, f"{path.name} is {size // 1000} kB; keep figures small"
+
+
+def test_strip_solution_keeps_indentation_and_rejects_unbalanced_markers():
+    source = "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\nf(1)"
+    assert exercises.strip_solution(source, exercises.CODE_STUB) == (
+        "def f(x):\n    # YOUR CODE HERE\n    raise NotImplementedError()\nf(1)"
+    )
+    with pytest.raises(ValueError, match="is never closed"):
+        exercises.strip_solution("### BEGIN SOLUTION\nx = 1", exercises.CODE_STUB)
+    with pytest.raises(ValueError, match="without a ### BEGIN SOLUTION"):
+        exercises.strip_solution("x = 1\n### END SOLUTION", exercises.CODE_STUB)
+
+
+def test_exercise_notebook_stubs_answers_and_clears_outputs():
+    kernelspec = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    nb = nbformat.v4.new_notebook(metadata={"kernelspec": kernelspec, "widgets": {"state": {}}})
+    answer = nbformat.v4.new_code_cell("### BEGIN SOLUTION\ny = 2\n### END SOLUTION", execution_count=3,
+                                       metadata={"nbgrader": {"solution": True, "grade_id": "y"}, "scrolled": True})
+    answer.outputs = [nbformat.v4.new_output("stream", text="hi")]
+    nb.cells = [answer]
+    learner = exercises.exercise_notebook(nb)
+    cell = learner.cells[0]
+    assert cell.source == "# YOUR CODE HERE\nraise NotImplementedError()"
+    assert cell.outputs == [] and cell.execution_count is None
+    assert cell.metadata == {"nbgrader": {"solution": True, "grade_id": "y"}}
+    assert learner.metadata == {"kernelspec": kernelspec}
+    nb.cells[0].metadata = {}
+    with pytest.raises(ValueError, match="solution markers and nbgrader metadata disagree"):
+        exercises.exercise_notebook(nb)
