@@ -1,0 +1,241 @@
+"""Train the miniature Stable Diffusion teacher on the captioned-shapes world, on a CPU or a GPU.
+
+    python -m addlib.train_teacher                   # the shipped recipe: data/teacher, run folder runs/teacher
+    python -m addlib.train_teacher --resume          # go on from the last checkpoint after an interruption
+    python -m addlib.train_teacher --unet-steps 200 --out /tmp/teacher   # a quick look
+
+Two stages, as Stable Diffusion was built (Rombach et al., 2022, section 3):
+1. the VAE learns to compress 32x32 images to 8x8x4 latents (reconstruction + a tiny KL term);
+2. with the VAE frozen, the text encoder and the UNet learn to denoise latents conditioned on the caption,
+   with v-prediction on a zero-terminal-SNR schedule (Salimans & Ho, 2022; Lin et al., 2024), captions
+   dropped 10% of the time so classifier-free guidance works (Ho & Salimans, 2022), and an EMA of the UNet.
+
+Every random number of step ``s`` comes from a generator seeded with ``(seed, s)`` and the images are
+``make_shapes(..., start=s * batch_size)``, so a resumed run repeats exactly what an uninterrupted one does.
+Checkpoints go to ``--run-dir`` every ``checkpoint_every`` steps; the finished pipeline goes to ``--out``
+with ``recipe.json`` (configuration, time taken, final losses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from addlib.checkpoints import load_checkpoint, save_checkpoint
+from addlib.forward_process import add_noise, get_velocity
+from addlib.miniature import TEACHER_DIR, build_pipeline, save_tokenizer_files
+from addlib.shapes import make_shapes
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    resolution: int = 32
+    # stage 1: the VAE
+    vae_steps: int = 1500
+    vae_batch_size: int = 32
+    vae_lr: float = 1e-3
+    kl_weight: float = 1e-6  # as in Stable Diffusion's VAE: the latents stay close to the images
+    # stage 2: text encoder + UNet
+    unet_steps: int = 10000
+    batch_size: int = 64
+    lr: float = 5e-4
+    warmup_steps: int = 250
+    uncond_prob: float = 0.1
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    checkpoint_every: int = 500
+
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10% of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def step_generator(seed: int, step: int, stage: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_000_019 + step)
+
+
+def _check_finite(loss: torch.Tensor, stage: str, step: int, run_dir: Path, last_saved: int) -> None:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(
+            f"the {stage} loss became {loss.item()} at step {step}; the last good checkpoint (step {last_saved}) "
+            f"is in {run_dir}: lower the learning rate and rerun with --resume"
+        )
+
+
+def vae_loss(vae, images: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
+    posterior = vae.encode(images).latent_dist
+    latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+    return F.mse_loss(vae.decode(latents).sample, images) + kl_weight * posterior.kl().mean()
+
+
+def denoising_loss(pipe, images, captions, generator, config: Config) -> torch.Tensor:
+    """The latent-diffusion loss with v-prediction: ||v_theta(z_t, t, c) - v||^2 (Salimans & Ho, 2022)."""
+    with torch.no_grad():
+        posterior = pipe.vae.encode(images).latent_dist
+        latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        latents = latents * pipe.vae.config.scaling_factor  # (B, 4, 8, 8)
+    keep = torch.rand(len(captions), generator=generator) >= config.uncond_prob
+    captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
+    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                         truncation=True, return_tensors="pt").input_ids
+    text_embeddings = pipe.text_encoder(ids)[0]  # (B, 16, 64)
+    alphas_cumprod = pipe.scheduler.alphas_cumprod
+    timesteps = torch.randint(0, len(alphas_cumprod), (len(images),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    noisy = add_noise(latents, noise, timesteps, alphas_cumprod)
+    prediction = pipe.unet(noisy, timesteps, text_embeddings).sample
+    return F.mse_loss(prediction, get_velocity(latents, noise, timesteps, alphas_cumprod))
+
+
+def latent_scaling_factor(vae, resolution: int, seed: int) -> float:
+    """1 / std of the VAE's latents, so the diffusion sees unit-variance latents (SD's 0.18215 is this)."""
+    images, _, _ = make_shapes(2048, seed=seed + 1, resolution=resolution)
+    with torch.no_grad():
+        return 1.0 / vae.encode(images).latent_dist.mean.std().item()
+
+
+def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
+    pipe = build_pipeline(config.seed)
+    ema_unet = copy.deepcopy(pipe.unet).requires_grad_(False)
+    vae_opt = torch.optim.AdamW(pipe.vae.parameters(), lr=config.vae_lr)
+    unet_opt = torch.optim.AdamW([*pipe.unet.parameters(), *pipe.text_encoder.parameters()], lr=config.lr,
+                                 weight_decay=0.01)
+    modules = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "unet": pipe.unet, "ema_unet": ema_unet}
+    optimizers = {"vae": vae_opt, "unet": unet_opt}
+    state = {"config": dataclasses.asdict(config), "vae_step": 0, "unet_step": 0, "seconds": 0.0,
+             "scaling_factor": None, "log": []}
+    if resume:
+        state = load_checkpoint(run_dir, modules, optimizers)
+        if state["config"] != dataclasses.asdict(config):
+            changed = {k: (v, getattr(config, k)) for k, v in state["config"].items() if getattr(config, k) != v}
+            raise ValueError(f"{run_dir} was made with another configuration (saved, now): {changed}; "
+                             f"resume with the same options or train in another --run-dir")
+    started = time.perf_counter() - state["seconds"]
+
+    def checkpoint() -> None:
+        state["seconds"] = time.perf_counter() - started
+        save_checkpoint(run_dir, modules, optimizers, state)
+
+    # Stage 1: the VAE.
+    last_saved = state["vae_step"]
+    for step in tqdm(range(state["vae_step"], config.vae_steps), desc="VAE", initial=state["vae_step"],
+                     total=config.vae_steps):
+        generator = step_generator(config.seed, step, stage=1)
+        images, _, _ = make_shapes(config.vae_batch_size, config.seed, config.resolution,
+                                   start=step * config.vae_batch_size)
+        for group in vae_opt.param_groups:
+            group["lr"] = lr_at(step, config.vae_steps, config.vae_lr, config.warmup_steps)
+        loss = vae_loss(pipe.vae, images, generator, config.kl_weight)
+        _check_finite(loss, "VAE", step, run_dir, last_saved)
+        vae_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        vae_opt.step()
+        state["vae_step"] = step + 1
+        if step % 50 == 0:
+            state["log"].append({"stage": "vae", "step": step, "loss": loss.item()})
+        if state["vae_step"] % config.checkpoint_every == 0:
+            checkpoint()
+            last_saved = state["vae_step"]
+
+    # Stage 2: text encoder + UNet on the frozen VAE's latents.
+    pipe.vae.requires_grad_(False)
+    if state["scaling_factor"] is None:
+        state["scaling_factor"] = latent_scaling_factor(pipe.vae, config.resolution, config.seed)
+    pipe.vae.register_to_config(scaling_factor=state["scaling_factor"])
+    last_saved = state["unet_step"]
+    progress = tqdm(range(state["unet_step"], config.unet_steps), desc="UNet", initial=state["unet_step"],
+                    total=config.unet_steps)
+    for step in progress:
+        generator = step_generator(config.seed, step, stage=2)
+        # Images of stage 2 come after those of stage 1, so no image is seen twice.
+        start = config.vae_steps * config.vae_batch_size + step * config.batch_size
+        images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution, start=start)
+        for group in unet_opt.param_groups:
+            group["lr"] = lr_at(step, config.unet_steps, config.lr, config.warmup_steps)
+        loss = denoising_loss(pipe, images, captions, generator, config)
+        _check_finite(loss, "UNet", step, run_dir, last_saved)
+        unet_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet_opt.param_groups[0]["params"], config.grad_clip)
+        unet_opt.step()
+        with torch.no_grad():
+            for ema, live in zip(ema_unet.parameters(), pipe.unet.parameters()):
+                ema.lerp_(live, 1 - config.ema_decay)
+        state["unet_step"] = step + 1
+        if step % 50 == 0:
+            state["log"].append({"stage": "unet", "step": step, "loss": loss.item()})
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        if state["unet_step"] % config.checkpoint_every == 0:
+            checkpoint()
+            last_saved = state["unet_step"]
+    checkpoint()
+    export(pipe, ema_unet, state, out)
+
+
+def export(pipe, ema_unet, state: dict, out: Path) -> None:
+    """Save the pipeline with the EMA UNet in fp16 (checked to change outputs negligibly) and its recipe."""
+    pipe.unet.load_state_dict(ema_unet.state_dict())
+    reference = _probe_output(pipe)
+    pipe.to(torch.float16)
+    out.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(out, safe_serialization=True)
+    save_tokenizer_files(out / "tokenizer")
+    pipe.to(torch.float32)
+    fp16_error = (_probe_output(pipe) - reference).abs().max().item()
+    recipe = {
+        "command": "python -m addlib.train_teacher " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in state["config"].items()),
+        "config": state["config"],
+        "scaling_factor": state["scaling_factor"],
+        "minutes": round(state["seconds"] / 60, 1),
+        "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
+        "final_losses": {stage: [e["loss"] for e in state["log"] if e["stage"] == stage][-10:]
+                         for stage in ("vae", "unet")},
+        "fp16_storage_max_abs_change_of_unet_output": fp16_error,
+        "torch": torch.__version__,
+    }
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    (out / "loss_log.json").write_text(json.dumps(state["log"]) + "\n")
+
+
+def _probe_output(pipe) -> torch.Tensor:
+    """The UNet's output on fixed inputs, to measure what storing the weights in fp16 changes."""
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(8, 4, 8, 8, generator=generator)
+    ids = pipe.tokenizer(["a small red circle in the center on a black background"] * 8, padding="max_length",
+                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return pipe.unet(latents, torch.full((8,), 500), pipe.text_encoder(ids)[0]).sample.float()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m addlib.train_teacher", description=__doc__.split("\n\n")[0])
+    for field in dataclasses.fields(Config):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    parser.add_argument("--out", type=Path, default=TEACHER_DIR, help="where the trained pipeline goes")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/teacher"), help="checkpoints and logs")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
+    args = vars(parser.parse_args(argv))
+    out, run_dir, resume = args.pop("out"), args.pop("run_dir"), args.pop("resume")
+    if not resume and (run_dir / "checkpoint.json").exists():
+        parser.error(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or another --run-dir")
+    train(Config(**args), out, run_dir, resume)
+
+
+if __name__ == "__main__":
+    main()
