@@ -98,3 +98,56 @@ def test_failure_renders_in_ipython_without_a_traceback():
 def test_nan_output_is_reported():
     with pytest.raises(checks.CheckFailed, match="the result contains NaN or inf"):
         checks.check_add_noise(lambda x, n, t, a: torch.full_like(x, float("nan")))
+
+
+def ddim_step_right(v, t, t_prev, x, a):
+    alpha, sigma = a[t].sqrt(), (1 - a[t]).sqrt()
+    abar_prev = a[t_prev] if t_prev >= 0 else torch.tensor(1.0)
+    return abar_prev.sqrt() * (alpha * x - sigma * v) + (1 - abar_prev).sqrt() * (sigma * x + alpha * v)
+
+
+def test_ddim_and_guidance_checkers_accept_right_answers(capsys):
+    checks.check_ddim_step(ddim_step_right)
+    checks.check_classifier_free_guidance(lambda u, c, s: u + s * (c - u))
+    assert capsys.readouterr().out.splitlines() == [
+        "✓ ddim_step passes all 3 cases",
+        "✓ classifier_free_guidance passes all 3 cases",
+    ]
+
+
+def _parts(v, t, x, a):
+    alpha, sigma = a[t].sqrt(), (1 - a[t]).sqrt()
+    return alpha * x - sigma * v, sigma * x + alpha * v
+
+
+@pytest.mark.parametrize(
+    "wrong, expected",
+    [
+        (lambda v, t, tp, x, a: ddim_step_right(v, t, tp, x, a) if t != 999 else (x - (1 - a[t]).sqrt() * v) / a[t].sqrt(),
+         "ddim_step is wrong on case 1 of 3: 2 latents of 4x8x8, t=999 -> t_prev=749"),
+        (lambda v, t, tp, x, a: a[tp].sqrt() * _parts(v, t, x, a)[0] + (1 - a[tp]).sqrt() * _parts(v, t, x, a)[1],
+         "hint: t_prev = -1 means no noise is left"),
+        (lambda v, t, tp, x, a: ddim_step_right(v, t, tp, x, a).transpose(0, 1), "expected shape (2, 4, 8, 8), got shape (4, 2, 8, 8)"),
+        (lambda v, t, tp, x, a: (a[tp] if tp >= 0 else torch.tensor(1.0)).sqrt() * _parts(v, t, x, a)[1]
+         + (1 - (a[tp] if tp >= 0 else torch.tensor(1.0))).sqrt() * _parts(v, t, x, a)[0],
+         "hint: x0 and epsilon are swapped when re-noising"),
+    ],
+)
+def test_ddim_checker_rejects_wrong_answers(wrong, expected):
+    with pytest.raises(checks.CheckFailed) as failure:
+        checks.check_ddim_step(wrong)
+    assert expected in str(failure.value)
+
+
+@pytest.mark.parametrize(
+    "wrong, hint",
+    [
+        (lambda u, c, s: c + s * (c - u), "start from the unconditional prediction"),
+        (lambda u, c, s: u + s * (u - c), "the direction is from uncond towards cond"),
+        (lambda u, c, s: (1 + s) * c - s * u, "guidance_scale s is the paper's 1 + w"),
+    ],
+)
+def test_guidance_checker_names_the_mistake(wrong, hint):
+    with pytest.raises(checks.CheckFailed, match="classifier_free_guidance is wrong on case 1 of 3") as failure:
+        checks.check_classifier_free_guidance(wrong)
+    assert hint in str(failure.value)

@@ -1,0 +1,130 @@
+"""Offline quality metrics for generated shapes images, on the two axes of the ADD paper's evaluation.
+
+Sauer et al. (2023, "Adversarial Diffusion Distillation") judge a text-to-image model by image quality (FID)
+and prompt alignment (CLIP score). In the shapes world both are measured with the attribute classifier of
+:mod:`addlib.evaluators` (never used in training, so a model cannot have learned to fool it):
+
+- **prompt accuracy**: the classifier reads the five attributes of each generated image; the score is the
+  fraction that match what the prompt named (:func:`prompt_accuracy`);
+- **shapes-FID**: the Frechet distance (Heusel et al., 2017, "GANs Trained by a Two Time-Scale Update Rule
+  Converge to a Local Nash Equilibrium") between Gaussians fitted to generated and real images' features,
+  taken in the classifier's penultimate layer instead of Inception-v3's, as FID on MNIST uses a LeNet
+  (:func:`shapes_fid`). Like FID it is biased upward for small sets: compare numbers computed with equally
+  many images (a few thousand per side for the 128-d features).
+
+Shapes-world seeds are given out once for the whole course, so no evaluation image was ever trained on:
+teacher training uses seed 0, evaluator training seed 1, and evaluation references seed 7
+(``REFERENCE_SEED``, :func:`real_images`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from addlib.evaluators import AttributeClassifier
+from addlib.shapes import ATTRIBUTES, make_shapes, parse_caption
+
+REFERENCE_SEED = 7  # held-out real images: no training run draws from this seed
+
+
+def _as_float64(value: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(value).detach().cpu().to(torch.float64)
+
+
+def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
+    """The symmetric square root of a symmetric positive semi-definite matrix, from its eigendecomposition."""
+    eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
+    # Roundoff can make eigenvalues of a singular covariance slightly negative; they are 0.
+    return eigenvectors @ torch.diag(eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
+
+
+def frechet_distance(mu1: torch.Tensor | np.ndarray, sigma1: torch.Tensor | np.ndarray,
+                     mu2: torch.Tensor | np.ndarray, sigma2: torch.Tensor | np.ndarray) -> float:
+    """The Frechet (2-Wasserstein) distance squared between N(mu1, sigma1) and N(mu2, sigma2): the FID formula.
+
+    d^2 = ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)), in float64 and without scipy. (S1 S2)^(1/2) is not
+    computed: S1 S2 is similar to the symmetric PSD matrix sqrt(S1) S2 sqrt(S1), so Tr((S1 S2)^(1/2)) is the
+    sum of the square roots of that matrix's eigenvalues, which ``eigvalsh`` finds stably and real, where
+    scipy's ``sqrtm`` of the non-symmetric S1 S2 can return complex noise for near-singular covariances.
+    """
+    mu1, sigma1, mu2, sigma2 = map(_as_float64, (mu1, sigma1, mu2, sigma2))
+    dim = len(mu1)
+    for name, value, shape in (("mu1", mu1, (dim,)), ("sigma1", sigma1, (dim, dim)),
+                               ("mu2", mu2, (dim,)), ("sigma2", sigma2, (dim, dim))):
+        if value.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} for {dim}-d features, got {tuple(value.shape)}")
+    root1 = _psd_sqrt(sigma1)
+    eigenvalues = torch.linalg.eigvalsh(root1 @ sigma2 @ root1).clamp(min=0)  # (D,)
+    distance = (mu1 - mu2).square().sum() + sigma1.trace() + sigma2.trace() - 2 * eigenvalues.sqrt().sum()
+    return max(distance.item(), 0.0)  # a squared distance: below 0 only by roundoff
+
+
+def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean (D,) and covariance (D, D) of features (N, D), in float64, the covariance unbiased (N - 1)."""
+    features = _as_float64(features)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"features must have shape (N, D) with N >= 2, got {tuple(features.shape)}")
+    return features.mean(dim=0), torch.cov(features.T)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def _classifier_features(images: torch.Tensor, classifier: AttributeClassifier, batch_size: int) -> torch.Tensor:
+    """The classifier's penultimate features (N, D) of images (N, 3, 32, 32), computed batch by batch."""
+    device = _device(classifier)
+    return torch.cat([classifier.features(batch.to(device)).cpu() for batch in images.split(batch_size)])
+
+
+def shapes_fid(images_a: torch.Tensor, images_b: torch.Tensor, classifier: AttributeClassifier,
+               batch_size: int = 512) -> float:
+    """The Frechet distance between two image sets (N, 3, 32, 32) in [-1, 1] in the classifier's features.
+
+    Typically ``images_a`` are generated and ``images_b`` are ``real_images(n)[0]``; the sets may differ in
+    size but each needs at least 2 images (in practice thousands: see the module docstring).
+    """
+    statistics = [feature_statistics(_classifier_features(images, classifier, batch_size))
+                  for images in (images_a, images_b)]
+    return frechet_distance(*statistics[0], *statistics[1])
+
+
+@torch.no_grad()
+def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: AttributeClassifier,
+                    batch_size: int = 512) -> dict[str, float]:
+    """How often generated images (N, 3, 32, 32) show what their prompts asked for, as read by the classifier.
+
+    Each image is scored only on the attributes its prompt names (``parse_caption``): "a red circle" checks
+    shape and colour, whatever the size, position and background. Returns, for each attribute named by at
+    least one prompt, the accuracy over the prompts that name it, and ``"joint"``: the fraction of images
+    whose every named attribute is right.
+    """
+    if len(images) != len(prompts) or not prompts:
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image, "
+                         f"at least one")
+    requests = [parse_caption(prompt) for prompt in prompts]  # before the classifier runs: bad prompts fail fast
+    device = _device(classifier)
+    predicted = torch.cat([classifier.predict(batch.to(device)).cpu() for batch in images.split(batch_size)])
+    named = {name: 0 for name in ATTRIBUTES}  # how many prompts name each attribute
+    right = {name: 0 for name in ATTRIBUTES}  # and how many of those images show it
+    all_right = 0
+    for asked, labels in zip(requests, predicted.tolist()):
+        read = {name: values[label] for (name, values), label in zip(ATTRIBUTES.items(), labels)}
+        for name in asked:
+            named[name] += 1
+            right[name] += read[name] == asked[name]
+        all_right += all(read[name] == value for name, value in asked.items())
+    accuracy = {name: right[name] / named[name] for name in ATTRIBUTES if named[name]}
+    return accuracy | {"joint": all_right / len(prompts)}
+
+
+def real_images(num_images: int, seed: int = REFERENCE_SEED, *, start: int = 0
+                ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """The held-out real set: ``make_shapes(num_images, seed, start=start)``, seed 7 unless told otherwise.
+
+    Returns make_shapes' ``(images, captions, labels)``: the images are shapes-FID's reference, and the
+    captions make matching prompts, so generated and real sets share one attribute distribution.
+    """
+    return make_shapes(num_images, seed, start=start)

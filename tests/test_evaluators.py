@@ -1,0 +1,129 @@
+"""The evaluator networks: shapes and dtypes, one-line errors, exact save/load, and a smoke run of their training."""
+
+import json
+
+import pytest
+import torch
+
+from addlib import train_evaluators
+from addlib.evaluators import (
+    AttributeClassifier,
+    TinyViT,
+    load_attribute_classifier,
+    load_evaluator,
+    load_feature_network,
+    save_evaluator,
+)
+from addlib.shapes import ATTRIBUTES, make_shapes
+
+B = 4
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_shapes(B, seed=7)[0]
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    torch.manual_seed(0)
+    return AttributeClassifier().eval()
+
+
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return TinyViT().eval()
+
+
+def check_logits(logits: dict) -> None:
+    assert list(logits) == list(ATTRIBUTES)
+    for name, values in ATTRIBUTES.items():
+        assert logits[name].shape == (B, len(values)) and logits[name].dtype == torch.float32
+
+
+def check_predictions(predicted: torch.Tensor) -> None:
+    assert predicted.shape == (B, len(ATTRIBUTES)) and predicted.dtype == torch.int64
+    for i, values in enumerate(ATTRIBUTES.values()):
+        assert ((predicted[:, i] >= 0) & (predicted[:, i] < len(values))).all()
+
+
+def test_classifier_outputs(classifier, images):
+    check_logits(classifier(images))
+    features = classifier.features(images)
+    assert features.shape == (B, 128) and features.dtype == torch.float32
+    check_predictions(classifier.predict(images))
+
+
+def test_vit_outputs(vit, images):
+    assert (vit.num_layers, vit.embed_dim, vit.num_patches) == (6, 96, 64)
+    check_logits(vit(images))
+    check_predictions(vit.predict(images))
+    states = vit.hidden_states(images)
+    assert isinstance(states, tuple) and len(states) == vit.num_layers
+    assert all(state.shape == (B, 1 + 64, 96) and state.dtype == torch.float32 for state in states)
+    chosen = vit.features(images, [5, 1, 3])
+    assert [torch.equal(a, b) for a, b in zip(chosen, (states[5], states[1], states[3]))] == [True] * 3
+    embedding = vit.cls_embedding(images)
+    assert embedding.shape == (B, 96)
+    assert torch.allclose(embedding, vit.norm(states[-1][:, 0]))
+
+
+def test_gradients_reach_the_images(vit, images):
+    # ADD's generator learns through the frozen discriminator's features, so the features must not detach.
+    images = images.clone().requires_grad_(True)
+    vit.features(images, [2])[0].square().sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+
+
+def test_bad_layer_and_image_errors(vit, classifier, images):
+    for bad in (6, -1):
+        with pytest.raises(ValueError, match=rf"layer {bad} does not exist; this TinyViT has layers 0 to 5$"):
+            vit.features(images, [0, bad])
+    for bad in (torch.zeros(B, 3, 64, 64), torch.zeros(B, 1, 32, 32), torch.zeros(3, 32, 32)):
+        for call in (vit, vit.hidden_states, classifier, classifier.features):
+            with pytest.raises(ValueError, match=r"expects images of shape \(B, 3, 32, 32\) .*got \(") as error:
+                call(bad)
+            assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("network", ["classifier", "vit"])
+def test_save_load_round_trip(network, request, images, tmp_path):
+    model = request.getfixturevalue(network)
+    save_evaluator(model, tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
+    loaded = load_evaluator(tmp_path)
+    assert type(loaded) is type(model) and not loaded.training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    with torch.no_grad():
+        for name, logits in model(images).items():
+            assert torch.equal(loaded(images)[name], logits)
+    load_as = load_attribute_classifier if network == "classifier" else load_feature_network
+    assert type(load_as(tmp_path)) is type(model)
+    other = load_feature_network if network == "classifier" else load_attribute_classifier
+    with pytest.raises(TypeError, match="python -m addlib.train_evaluators"):
+        other(tmp_path)
+
+
+def test_missing_or_corrupt_folder_errors(classifier, tmp_path):
+    rebuild = r"rebuild it with `python -m addlib.train_evaluators`$"
+    with pytest.raises(FileNotFoundError, match=r"^no evaluator in .*; " + rebuild):
+        load_attribute_classifier(tmp_path / "nowhere")
+    save_evaluator(classifier, tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(OSError, match=r"^could not load the evaluator in .*; " + rebuild) as error:
+        load_evaluator(tmp_path)
+    assert "\n" not in str(error.value)
+
+
+def test_training_smoke_run(tmp_path, capsys):
+    train_evaluators.main(["--steps", "5", "--batch-size", "8", "--eval-images", "50", "--out", str(tmp_path)])
+    for name, cls in [("classifier", AttributeClassifier), ("vit", TinyViT)]:
+        folder = tmp_path / name
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
+        recipe = json.loads((folder / "recipe.json").read_text())
+        assert recipe["command"].startswith(f"python -m addlib.train_evaluators --which {name} ")
+        assert recipe["config"]["seed"] == 1 and recipe["config"][f"{name}_steps"] == 5
+        assert set(recipe["held_out_accuracy"]) == set(ATTRIBUTES) and recipe["minutes"] >= 0
+        assert type(load_evaluator(folder)) is cls
+    assert "held-out accuracy" in capsys.readouterr().out

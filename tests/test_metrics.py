@@ -1,0 +1,152 @@
+"""The Frechet distance matches closed forms; prompt accuracy counts exactly what the prompts named."""
+
+import numpy as np
+import pytest
+import torch
+
+from addlib.metrics import (
+    REFERENCE_SEED,
+    feature_statistics,
+    frechet_distance,
+    prompt_accuracy,
+    real_images,
+    shapes_fid,
+)
+from addlib.shapes import ATTRIBUTES, make_shapes
+
+
+def random_psd(dim: int, generator: torch.Generator, rank: int | None = None) -> torch.Tensor:
+    factor = torch.randn(dim, rank or dim, generator=generator, dtype=torch.float64)
+    return factor @ factor.T
+
+
+# --- frechet_distance ---------------------------------------------------------------------------------------
+
+
+def test_identical_statistics_give_zero():
+    generator = torch.Generator().manual_seed(0)
+    mu, sigma = torch.randn(16, generator=generator), random_psd(16, generator)
+    assert frechet_distance(mu, sigma, mu, sigma) == pytest.approx(0, abs=1e-8)
+    singular = random_psd(16, generator, rank=4)  # covariances of fewer samples than dimensions are singular
+    assert frechet_distance(mu, singular, mu, singular) == pytest.approx(0, abs=1e-6)
+
+
+def test_one_dimensional_gaussians_match_the_closed_form():
+    # W2^2 between N(m1, s1^2) and N(m2, s2^2) is (m1 - m2)^2 + (s1 - s2)^2.
+    for m1, s1, m2, s2 in [(0.0, 1.0, 0.0, 1.0), (1.0, 2.0, -0.5, 0.5), (3.0, 0.1, 3.0, 4.0)]:
+        got = frechet_distance(np.array([m1]), np.array([[s1**2]]), np.array([m2]), np.array([[s2**2]]))
+        assert got == pytest.approx((m1 - m2) ** 2 + (s1 - s2) ** 2, rel=1e-10, abs=1e-12)
+
+
+def test_diagonal_covariances_match_the_closed_form():
+    generator = torch.Generator().manual_seed(1)
+    mu1, mu2 = (torch.randn(8, generator=generator, dtype=torch.float64) for _ in range(2))
+    std1, std2 = (torch.rand(8, generator=generator, dtype=torch.float64) + 0.1 for _ in range(2))
+    expected = ((mu1 - mu2) ** 2).sum() + ((std1 - std2) ** 2).sum()
+    got = frechet_distance(mu1, torch.diag(std1**2), mu2, torch.diag(std2**2))
+    assert got == pytest.approx(expected.item(), rel=1e-8)
+
+
+def test_symmetric_and_non_negative_on_random_psd_matrices():
+    generator = torch.Generator().manual_seed(2)
+    for dim, rank in [(2, None), (10, None), (32, None), (32, 5)]:
+        mu1, mu2 = torch.randn(dim, generator=generator), torch.randn(dim, generator=generator)
+        s1, s2 = random_psd(dim, generator, rank), random_psd(dim, generator, rank)
+        forward, backward = frechet_distance(mu1, s1, mu2, s2), frechet_distance(mu2, s2, mu1, s1)
+        assert forward >= 0 and forward == pytest.approx(backward, rel=1e-8)
+        assert frechet_distance(mu1, s1, mu1, s2) >= 0  # the covariance term alone
+
+
+def test_frechet_distance_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match=r"sigma2 must have shape \(3, 3\)"):
+        frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(4))
+
+
+def test_feature_statistics_and_fid_of_samples():
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(5000, 4, generator=generator) * torch.tensor([1.0, 2.0, 3.0, 4.0]) + 1
+    mu, sigma = feature_statistics(features)
+    assert mu.dtype == sigma.dtype == torch.float64 and mu.shape == (4,) and sigma.shape == (4, 4)
+    assert torch.allclose(mu, torch.ones(4, dtype=torch.float64), atol=0.1)
+    assert torch.allclose(sigma.diagonal().sqrt(), torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64), rtol=0.05)
+    with pytest.raises(ValueError, match=r"\(N, D\) with N >= 2"):
+        feature_statistics(torch.zeros(1, 4))
+
+
+# --- Metrics with a classifier ------------------------------------------------------------------------------
+
+
+class FakeClassifier(torch.nn.Module):
+    """Reads labels and features from the images: pixel [0, 0, k] holds attribute k's label."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device to put inputs on
+
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, 0, : len(ATTRIBUTES)].long()
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 0, 0, :]
+
+
+def images_reading(labels: list[list[int]]) -> torch.Tensor:
+    images = torch.zeros(len(labels), 3, 32, 32)
+    images[:, 0, 0, : len(ATTRIBUTES)] = torch.tensor(labels, dtype=torch.float32)
+    return images
+
+
+def test_prompt_accuracy_counts_each_attribute_over_the_prompts_that_name_it():
+    # Labels: shape (circle square triangle), color (red green blue yellow purple orange), size (small large),
+    # position (top left, top right, bottom left, bottom right, center), background (black gray white + colors).
+    read = [
+        [0, 0, 0, 0, 0],  # small red circle at the top left on black
+        [1, 1, 1, 4, 1],  # large green square in the center on gray
+        [2, 2, 0, 1, 2],  # small blue triangle at the top right on white
+        [0, 3, 1, 2, 3],  # large yellow circle at the bottom left on a red background
+    ]
+    prompts = [
+        "a small red circle at the top left on a black background",  # all 5 right
+        "a large green triangle in the center on a white background",  # shape and background wrong
+        "a blue triangle",  # partial: shape and colour, both right
+        "a small circle",  # partial: shape right, size wrong
+    ]
+    accuracy = prompt_accuracy(images_reading(read), prompts, FakeClassifier(), batch_size=3)
+    assert accuracy == {
+        "shape": 3 / 4,  # named by all four; wrong for the second
+        "color": 3 / 3,  # named by the first three
+        "size": 2 / 3,  # named by 1, 2 and 4; wrong for the fourth
+        "position": 2 / 2,
+        "background": 1 / 2,
+        "joint": 2 / 4,  # the first and the third
+    }
+
+
+def test_prompt_accuracy_leaves_out_attributes_no_prompt_names():
+    accuracy = prompt_accuracy(images_reading([[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]), ["a circle", "a circle"],
+                               FakeClassifier())
+    assert accuracy == {"shape": 0.5, "joint": 0.5}
+
+
+def test_prompt_accuracy_rejects_a_length_mismatch_and_bad_prompts():
+    with pytest.raises(ValueError, match="got 2 images but 3 prompts"):
+        prompt_accuracy(images_reading([[0] * 5] * 2), ["a circle"] * 3, FakeClassifier())
+    with pytest.raises(ValueError, match="unknown word 'hexagon'"):
+        prompt_accuracy(images_reading([[0] * 5]), ["a red hexagon"], FakeClassifier())
+
+
+def test_shapes_fid_compares_feature_distributions():
+    generator = torch.Generator().manual_seed(4)
+    a = torch.randn(2000, 3, 32, 32, generator=generator)
+    b = torch.randn(2000, 3, 32, 32, generator=generator)
+    shifted = b.clone()
+    shifted[:, 0, 0, :] += 2  # every feature's mean moves by 2: 32 dimensions -> about 32 * 4
+    near, far = shapes_fid(a, b, FakeClassifier(), batch_size=700), shapes_fid(a, shifted, FakeClassifier())
+    assert near < 1 and far == pytest.approx(128, rel=0.05)
+
+
+def test_real_images_is_the_held_out_reference_seed():
+    images, captions, labels = real_images(8, start=3)
+    expected = make_shapes(8, REFERENCE_SEED, start=3)
+    assert REFERENCE_SEED not in (0, 1)  # the teacher's and the evaluators' training seeds
+    assert torch.equal(images, expected[0]) and captions == expected[1] and torch.equal(labels, expected[2])
