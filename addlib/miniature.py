@@ -21,11 +21,15 @@ from __future__ import annotations
 import json
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
+from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers.utils import logging as transformers_logging
 
 from addlib.shapes import VOCABULARY, parse_caption
 
@@ -176,6 +180,19 @@ def check_prompts(tokenizer, prompts: list[str]) -> None:
             )
 
 
+@contextmanager
+def _no_loading_bars():
+    """Hide diffusers' and transformers' loading progress bars: a tiny model loads in a blink, and the bars'
+    timing-dependent updates would make notebook outputs differ run to run."""
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+
+
 def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
     """Load a diffusers Stable Diffusion folder or hub id, with one-line errors for the common failures.
@@ -193,12 +210,12 @@ def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | N
             f"rebuild the teacher with `python -m addlib.train_teacher` or point to a pipeline folder"
         )
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _no_loading_bars():
             # diffusers >= 0.36 renamed torch_dtype to dtype; the old name still works and older releases need it.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
             pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True,
                                                            safety_checker=None, requires_safety_checker=False)
-    except OSError as error:
+    except (OSError, SafetensorError) as error:  # a truncated weights file raises the latter
         if local:
             raise OSError(f"could not load the pipeline in {path} ({error.__class__.__name__}: "
                           f"{str(error).splitlines()[0]}); its files may be incomplete or corrupt: rebuild it "
