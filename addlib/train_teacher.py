@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from addlib.checkpoints import load_checkpoint, save_checkpoint
 from addlib.forward_process import add_noise, get_velocity
 from addlib.miniature import TEACHER_DIR, build_pipeline, save_tokenizer_files
+from addlib.sampling import encode_prompts
 from addlib.shapes import make_shapes
 
 
@@ -91,9 +92,7 @@ def denoising_loss(pipe, images, captions, generator, config: Config) -> torch.T
         latents = latents * pipe.vae.config.scaling_factor  # (B, 4, 8, 8)
     keep = torch.rand(len(captions), generator=generator) >= config.uncond_prob
     captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
-    ids = pipe.tokenizer(captions, padding="max_length", max_length=pipe.tokenizer.model_max_length,
-                         truncation=True, return_tensors="pt").input_ids
-    text_embeddings = pipe.text_encoder(ids)[0]  # (B, 16, 64)
+    text_embeddings = encode_prompts(pipe, captions)  # (B, 16, 64), with gradients for the text encoder
     alphas_cumprod = pipe.scheduler.alphas_cumprod
     timesteps = torch.randint(0, len(alphas_cumprod), (len(images),), generator=generator)
     noise = torch.randn(latents.shape, generator=generator)
@@ -217,10 +216,9 @@ def _probe_output(pipe) -> torch.Tensor:
     """The UNet's output on fixed inputs, to measure what storing the weights in fp16 changes."""
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(8, 4, 8, 8, generator=generator)
-    ids = pipe.tokenizer(["a small red circle in the center on a black background"] * 8, padding="max_length",
-                         max_length=pipe.tokenizer.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
-        return pipe.unet(latents, torch.full((8,), 500), pipe.text_encoder(ids)[0]).sample.float()
+        text = encode_prompts(pipe, ["a small red circle in the center on a black background"] * 8)
+        return pipe.unet(latents, torch.full((8,), 500), text).sample.float()
 
 
 def main(argv: list[str] | None = None) -> None:
