@@ -8,6 +8,8 @@ checkpoint whole.
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -53,3 +55,43 @@ def load_checkpoint(run_dir: Path, modules: dict, optimizers: dict) -> dict:
                 state.setdefault(int(index), {})[field] = value
         optimizer.load_state_dict({"state": state, "param_groups": meta["optimizers"][name]})
     return meta["state"]
+
+
+def resume_checkpoint(run_dir: Path, modules: dict, optimizers: dict, config: dict) -> dict:
+    """:func:`load_checkpoint`, refusing one whose ``state["config"]`` differs from ``config``: a resumed run
+    must be the run that was interrupted."""
+    state = load_checkpoint(run_dir, modules, optimizers)
+    if state["config"] != config:
+        changed = {k: (v, config.get(k)) for k, v in state["config"].items() if config.get(k) != v}
+        raise ValueError(f"{run_dir} was made with another configuration (saved, now): {changed}; "
+                         f"resume with the same options or train in another --run-dir")
+    return state
+
+
+def add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
+    """One ``--option`` per field of a training ``Config`` dataclass, defaulting to the field's default."""
+    for field in dataclasses.fields(config_class):
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+
+
+def command_line(module: str, config: dict) -> str:
+    """The command that repeats a run with configuration ``config``, for its recipe."""
+    return f"python -m {module} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items())
+
+
+def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, config_class: type, out: Path,
+                        run_dir: Path) -> tuple:
+    """Parse a training command line: the config's options, then ``--out``, ``--run-dir`` and ``--resume``.
+
+    Returns ``(config, out, run_dir, resume)``. Starting afresh in a run folder that holds a checkpoint is
+    refused, so a finished or interrupted run is never overwritten by accident.
+    """
+    add_config_options(parser, config_class)
+    parser.add_argument("--out", type=Path, default=out, help="where the trained model goes")
+    parser.add_argument("--run-dir", type=Path, default=run_dir, help="checkpoints and logs")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
+    args = vars(parser.parse_args(argv))
+    out, run_dir, resume = args.pop("out"), args.pop("run_dir"), args.pop("resume")
+    if not resume and (run_dir / "checkpoint.json").exists():
+        parser.error(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or another --run-dir")
+    return config_class(**args), out, run_dir, resume

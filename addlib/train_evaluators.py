@@ -3,6 +3,7 @@
     python -m addlib.train_evaluators                     # the shipped recipe: both, into data/evaluators
     python -m addlib.train_evaluators --which vit         # only the TinyViT (data/evaluators/vit)
     python -m addlib.train_evaluators --steps 5 --out /tmp/evaluators   # a smoke run
+    python -m addlib.train_evaluators --resume            # go on after an interruption (runs/evaluators)
 
 The attribute classifier (the evaluator of :mod:`addlib.metrics`), then the TinyViT (the frozen feature network
 of ADD's discriminator, pretrained supervised like DeiT: Touvron et al., 2021) learn the five attributes with
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from addlib.checkpoints import add_config_options, command_line, resume_checkpoint, save_checkpoint
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
 from addlib.metrics import real_images
 from addlib.shapes import ATTRIBUTES, make_shapes
@@ -53,6 +55,7 @@ class Config:
     color_jitter: float = 0.04  # per-channel shift, in [-1, 1] units (5/255): well inside the gaps between colours
     noise_std: float = 0.04  # the largest pixel-noise std; each image draws its own in [0, noise_std]
     eval_images: int = 2000
+    checkpoint_every: int = 500
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, config: Config) -> torch.Tensor:
@@ -78,16 +81,22 @@ def held_out_accuracy(model: torch.nn.Module, num_images: int) -> dict[str, floa
     return {name: round(value, 4) for name, value in zip(ATTRIBUTES, correct.tolist())}
 
 
-def train(name: str, config: Config, out: Path) -> dict:
-    """Train network ``name`` ("classifier" or "vit"), save it to ``out / name`` with its recipe; return that."""
+def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = False) -> dict:
+    """Train network ``name`` ("classifier" or "vit"), save it to ``out / name`` with its recipe; return that.
+
+    Checkpoints go to ``run_dir / name``; with ``resume`` the run goes on from there exactly as if uninterrupted.
+    """
     torch.manual_seed(config.seed)  # the initial weights
     model = NETWORKS[name]()
     steps, peak_lr = getattr(config, f"{name}_steps"), getattr(config, f"{name}_lr")
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=config.weight_decay)
     stage = list(NETWORKS).index(name) + 1  # distinct generators for the two networks' augmentation
-    started = time.perf_counter()
-    losses = []
-    progress = tqdm(range(steps), desc=name)
+    checkpoint_dir, modules, optimizers = run_dir / name, {"model": model}, {"optimizer": optimizer}
+    state = {"config": dataclasses.asdict(config), "step": 0, "seconds": 0.0, "losses": []}
+    if resume and (checkpoint_dir / "checkpoint.json").exists():  # "both" resumes the network it stopped in
+        state = resume_checkpoint(checkpoint_dir, modules, optimizers, state["config"])
+    started = time.perf_counter() - state["seconds"]
+    progress = tqdm(range(state["step"], steps), desc=name, initial=state["step"], total=steps)
     for step in progress:
         generator = step_generator(config.seed, step, stage)
         images, _, labels = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
@@ -95,27 +104,31 @@ def train(name: str, config: Config, out: Path) -> dict:
             group["lr"] = lr_at(step, steps, peak_lr, config.warmup_steps)
         loss = attribute_loss(model(augment(images, generator, config)), labels)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the {name} loss became {loss.item()} at step {step}; lower --{name}-lr")
+            raise FloatingPointError(f"the {name} loss became {loss.item()} at step {step}; the last good "
+                                     f"checkpoint is in {checkpoint_dir}: lower --{name}-lr and rerun with --resume")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        losses.append(loss.item())
+        state["losses"] = (state["losses"] + [loss.item()])[-10:]
+        state["step"] = step + 1
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss.item():.4f}")
+        if state["step"] % config.checkpoint_every == 0 or state["step"] == steps:
+            state["seconds"] = time.perf_counter() - started
+            save_checkpoint(checkpoint_dir, modules, optimizers, state)
 
     model.eval()
     accuracy = held_out_accuracy(model, config.eval_images)
     save_evaluator(model, out / name)
     recipe = {
-        "command": f"python -m addlib.train_evaluators --which {name} " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in dataclasses.asdict(config).items()),
+        "command": command_line(f"addlib.train_evaluators --which {name}", dataclasses.asdict(config)),
         "config": dataclasses.asdict(config),
         "minutes": round((time.perf_counter() - started) / 60, 1),
         "device": f"cpu ({torch.get_num_threads()} threads)",
         "parameters": sum(p.numel() for p in model.parameters()),
         "held_out_accuracy": accuracy,
-        "final_losses": losses[-10:],
+        "final_losses": state["losses"],
         "torch": torch.__version__,
     }
     (out / name / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
@@ -124,18 +137,23 @@ def train(name: str, config: Config, out: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m addlib.train_evaluators", description=__doc__.split("\n\n")[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+    add_config_options(parser, Config)
     parser.add_argument("--which", choices=[*NETWORKS, "both"], default="both", help="which network to train")
     parser.add_argument("--steps", type=int, help="train each network this many steps (overrides *-steps)")
     parser.add_argument("--out", type=Path, default=EVALUATORS_DIR, help="the networks go to OUT/classifier, OUT/vit")
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/evaluators"), help="checkpoints, per network")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --run-dir")
     args = vars(parser.parse_args(argv))
     which, steps, out = args.pop("which"), args.pop("steps"), args.pop("out")
+    run_dir, resume = args.pop("run_dir"), args.pop("resume")
     if steps is not None:
         args |= {"classifier_steps": steps, "vit_steps": steps}
     config = Config(**args)
-    for name in NETWORKS if which == "both" else [which]:
-        recipe = train(name, config, out)
+    names = list(NETWORKS) if which == "both" else [which]
+    if not resume and any((run_dir / name / "checkpoint.json").exists() for name in names):
+        parser.error(f"{run_dir} already holds checkpoints: pass --resume to continue them, or another --run-dir")
+    for name in names:
+        recipe = train(name, config, out, run_dir, resume)
         accuracy = ", ".join(f"{k} {v:.4f}" for k, v in recipe["held_out_accuracy"].items())
         print(f"{name}: {recipe['minutes']} min; held-out accuracy: {accuracy}; saved to {out / name}")
 

@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from addlib import train_evaluators
 from addlib.evaluators import (
@@ -117,7 +118,8 @@ def test_missing_or_corrupt_folder_errors(classifier, tmp_path):
 
 
 def test_training_smoke_run(tmp_path, capsys):
-    train_evaluators.main(["--steps", "5", "--batch-size", "8", "--eval-images", "50", "--out", str(tmp_path)])
+    train_evaluators.main(["--steps", "5", "--batch-size", "8", "--eval-images", "50", "--out", str(tmp_path),
+                           "--run-dir", str(tmp_path / "run")])
     for name, cls in [("classifier", AttributeClassifier), ("vit", TinyViT)]:
         folder = tmp_path / name
         assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
@@ -127,3 +129,28 @@ def test_training_smoke_run(tmp_path, capsys):
         assert set(recipe["held_out_accuracy"]) == set(ATTRIBUTES) and recipe["minutes"] >= 0
         assert type(load_evaluator(folder)) is cls
     assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, monkeypatch, capsys):
+    args = ["--which", "vit", "--steps", "4", "--batch-size", "4", "--eval-images", "20", "--checkpoint-every", "2"]
+    train_evaluators.main(args + ["--out", str(tmp_path / "straight"), "--run-dir", str(tmp_path / "run_straight")])
+    resumed = args + ["--out", str(tmp_path / "resumed"), "--run-dir", str(tmp_path / "run_resumed")]
+    calls, real_loss = [], train_evaluators.attribute_loss
+
+    def crash_at_third_step(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if the machine went away after the step-2 checkpoint
+        return real_loss(*a, **k)
+
+    monkeypatch.setattr(train_evaluators, "attribute_loss", crash_at_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_evaluators.main(resumed)
+    monkeypatch.setattr(train_evaluators, "attribute_loss", real_loss)
+    with pytest.raises(SystemExit):  # an existing run is never overwritten by accident
+        train_evaluators.main(resumed)
+    assert "pass --resume" in capsys.readouterr().err
+    train_evaluators.main(resumed + ["--resume"])
+    straight = load_file(tmp_path / "straight" / "vit" / "model.safetensors")
+    again = load_file(tmp_path / "resumed" / "vit" / "model.safetensors")
+    assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
