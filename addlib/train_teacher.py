@@ -5,7 +5,10 @@
     python -m addlib.train_teacher --unet-steps 200 --out /tmp/teacher   # a quick look
 
 Two stages, as Stable Diffusion was built (Rombach et al., 2022, section 3):
-1. the VAE learns to compress 32x32 images to 8x8x4 latents (reconstruction + a tiny KL term);
+1. the VAE learns to compress 32x32 images to 8x8x4 latents: squared error, a perceptual distance and a tiny
+   KL term. Stable Diffusion's VAE adds LPIPS, a distance between a pretrained network's features; ours is
+   the same idea in the shipped tiny ViT's features (``python -m addlib.train_evaluators`` trains it first).
+   Without it small shapes come back as blobs whose outline the classifier cannot read;
 2. with the VAE frozen, the text encoder and the UNet learn to denoise latents conditioned on the caption,
    with v-prediction on a zero-terminal-SNR schedule (Salimans & Ho, 2022; Lin et al., 2024), captions
    dropped 10% of the time so classifier-free guidance works (Ho & Salimans, 2022), and an EMA of the UNet.
@@ -31,7 +34,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from addlib.checkpoints import load_checkpoint, save_checkpoint
+from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
+from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise, get_velocity
 from addlib.miniature import TEACHER_DIR, build_pipeline, save_tokenizer_files
 from addlib.sampling import encode_prompts
@@ -43,12 +47,13 @@ class Config:
     seed: int = 0
     resolution: int = 32
     # stage 1: the VAE
-    vae_steps: int = 1500
+    vae_steps: int = 3000
     vae_batch_size: int = 32
     vae_lr: float = 1e-3
     kl_weight: float = 1e-6  # as in Stable Diffusion's VAE: the latents stay close to the images
+    perceptual_weight: float = 0.1
     # stage 2: text encoder + UNet
-    unet_steps: int = 10000
+    unet_steps: int = 7000
     batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 250
@@ -78,10 +83,25 @@ def _check_finite(loss: torch.Tensor, stage: str, step: int, run_dir: Path, last
         )
 
 
-def vae_loss(vae, images: torch.Tensor, generator: torch.Generator, kl_weight: float) -> torch.Tensor:
+PERCEPTUAL_LAYERS = (1, 3, 5)
+
+
+def perceptual_distance(feature_network, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """LPIPS-style (Zhang et al., 2018): squared distance of unit-normalised token features, summed over layers."""
+    def unit(tokens: torch.Tensor) -> torch.Tensor:
+        return tokens / (tokens.norm(dim=-1, keepdim=True) + 1e-6)
+    pairs = zip(feature_network.features(a, PERCEPTUAL_LAYERS), feature_network.features(b, PERCEPTUAL_LAYERS))
+    return sum((unit(x) - unit(y)).pow(2).sum(-1).mean() for x, y in pairs)
+
+
+def vae_loss(vae, images: torch.Tensor, generator: torch.Generator, config: Config, feature_network) -> torch.Tensor:
     posterior = vae.encode(images).latent_dist
     latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
-    return F.mse_loss(vae.decode(latents).sample, images) + kl_weight * posterior.kl().mean()
+    reconstruction = vae.decode(latents).sample
+    loss = F.mse_loss(reconstruction, images) + config.kl_weight * posterior.kl().mean()
+    if config.perceptual_weight:
+        loss = loss + config.perceptual_weight * perceptual_distance(feature_network, reconstruction, images)
+    return loss
 
 
 def denoising_loss(pipe, images, captions, generator, config: Config) -> torch.Tensor:
@@ -119,11 +139,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     state = {"config": dataclasses.asdict(config), "vae_step": 0, "unet_step": 0, "seconds": 0.0,
              "scaling_factor": None, "log": []}
     if resume:
-        state = load_checkpoint(run_dir, modules, optimizers)
-        if state["config"] != dataclasses.asdict(config):
-            changed = {k: (v, getattr(config, k)) for k, v in state["config"].items() if getattr(config, k) != v}
-            raise ValueError(f"{run_dir} was made with another configuration (saved, now): {changed}; "
-                             f"resume with the same options or train in another --run-dir")
+        state = resume_checkpoint(run_dir, modules, optimizers, dataclasses.asdict(config))
     started = time.perf_counter() - state["seconds"]
 
     def checkpoint() -> None:
@@ -131,6 +147,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         save_checkpoint(run_dir, modules, optimizers, state)
 
     # Stage 1: the VAE.
+    feature_network = load_feature_network().requires_grad_(False) if config.perceptual_weight else None
     last_saved = state["vae_step"]
     for step in tqdm(range(state["vae_step"], config.vae_steps), desc="VAE", initial=state["vae_step"],
                      total=config.vae_steps):
@@ -139,7 +156,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
                                    start=step * config.vae_batch_size)
         for group in vae_opt.param_groups:
             group["lr"] = lr_at(step, config.vae_steps, config.vae_lr, config.warmup_steps)
-        loss = vae_loss(pipe.vae, images, generator, config.kl_weight)
+        loss = vae_loss(pipe.vae, images, generator, config, feature_network)
         _check_finite(loss, "VAE", step, run_dir, last_saved)
         vae_opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -197,8 +214,7 @@ def export(pipe, ema_unet, state: dict, out: Path) -> None:
     pipe.to(torch.float32)
     fp16_error = (_probe_output(pipe) - reference).abs().max().item()
     recipe = {
-        "command": "python -m addlib.train_teacher " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in state["config"].items()),
+        "command": command_line("addlib.train_teacher", state["config"]),
         "config": state["config"],
         "scaling_factor": state["scaling_factor"],
         "minutes": round(state["seconds"] / 60, 1),
@@ -223,16 +239,7 @@ def _probe_output(pipe) -> torch.Tensor:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m addlib.train_teacher", description=__doc__.split("\n\n")[0])
-    for field in dataclasses.fields(Config):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
-    parser.add_argument("--out", type=Path, default=TEACHER_DIR, help="where the trained pipeline goes")
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/teacher"), help="checkpoints and logs")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
-    args = vars(parser.parse_args(argv))
-    out, run_dir, resume = args.pop("out"), args.pop("run_dir"), args.pop("resume")
-    if not resume and (run_dir / "checkpoint.json").exists():
-        parser.error(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or another --run-dir")
-    train(Config(**args), out, run_dir, resume)
+    train(*parse_run_arguments(parser, argv, Config, TEACHER_DIR, Path("runs/teacher")))
 
 
 if __name__ == "__main__":
