@@ -270,3 +270,168 @@ def check_classifier_free_guidance(fn: Callable) -> None:
                     lambda u, c, s: u + s * (u - c)),
         ],
     )
+
+
+def _loss_and_gradient(loss_fn: Callable, teacher) -> Callable:
+    """Wrap ``loss_fn(teacher, x_theta, prompt_embeds, timesteps, noise)`` to return [loss, d loss / d x_theta].
+
+    Comparing the gradient too catches a target that was not stopped: its loss is right, its gradient is not.
+    """
+    def run(x_theta, prompt_embeds, timesteps, noise):
+        x_theta = x_theta.detach().requires_grad_()
+        loss = loss_fn(teacher, x_theta, prompt_embeds, timesteps, noise)
+        if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+            return loss  # run_checks reports what came back instead of a scalar tensor
+        if not loss.requires_grad:
+            return torch.cat([loss.detach().view(1), torch.zeros(x_theta.numel())])
+        (gradient,) = torch.autograd.grad(loss, x_theta)
+        return torch.cat([loss.detach().view(1), gradient.flatten()])
+    return run
+
+
+def check_distillation_loss(fn: Callable, teacher) -> None:
+    """Check ``fn(teacher, x_theta, prompt_embeds, timesteps, noise)`` is ADD's L_distill (exponential weighting,
+    no guidance, pixel space), its value and its gradient with respect to the student's latents ``x_theta``."""
+    from addlib.distillation import decode_latents, distillation_loss
+    from addlib.sampling import encode_prompts
+
+    alphas_cumprod = teacher.scheduler.alphas_cumprod
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        embeds = encode_prompts(teacher, ["a red circle", "a large blue square", "a small green triangle at the "
+                                          "top left", "a yellow circle on a white background"])
+    cases = [Case(f"{len(t)} student latents of 4x8x8, teacher timesteps {t}",
+                  (torch.randn(len(t), 4, 8, 8, generator=gen), embeds[:len(t)], torch.tensor(t),
+                   torch.randn(len(t), 4, 8, 8, generator=gen)))
+             for t in ([500], [100, 700], [20, 250, 600, 950])]
+
+    def variant(renoise=None, x0=None, weight=None, pixels=True, stop=True):
+        """L_distill with one ingredient swapped for a wrong one."""
+        def loss(teacher, x, embeds, t, noise):
+            alpha, sigma = _coefficient(alphas_cumprod, t).sqrt(), (1 - _coefficient(alphas_cumprod, t)).sqrt()
+            source = x.detach() if stop else x
+            noisy = renoise(source, noise, alpha, sigma) if renoise else alpha * source + sigma * noise
+            with torch.set_grad_enabled(not stop):
+                v = teacher.unet(noisy, t, encoder_hidden_states=embeds).sample
+            target = x0(noisy, v, alpha, sigma) if x0 else alpha * noisy - sigma * v
+            c = (weight(alpha, sigma) if weight else alpha).flatten()
+            if pixels:
+                x, target = decode_latents(teacher, x), decode_latents(teacher, target)
+            return (c * (x - target).pow(2).flatten(1).mean(1)).mean()
+        return _loss_and_gradient(loss, teacher)
+
+    run_checks(
+        "distillation_loss",
+        _loss_and_gradient(fn, teacher),
+        _loss_and_gradient(lambda teacher, *args: distillation_loss(teacher, *args), teacher),
+        cases,
+        mistakes=[
+            Mistake("the gradient also flows through the teacher: compute its target under torch.no_grad() (or "
+                    "from x_theta.detach()), the stop-gradient sg(.) of the equation.", variant(stop=False)),
+            Mistake("d is measured between images, not latents: decode both x_theta and the teacher's x0 with "
+                    "the VAE (decode_latents) before the squared error.", variant(pixels=False)),
+            Mistake("weight each sample by c(t) = alpha_t = sqrt(alphas_cumprod[t]).",
+                    variant(weight=lambda alpha, sigma: torch.ones_like(alpha))),
+            Mistake("c(t) = alpha_t is the square root of alphas_cumprod[t].", variant(weight=lambda a, s: a * a)),
+            Mistake("re-noise with the square roots: alpha_t * x_theta + sigma_t * noise, alpha_t = "
+                    "sqrt(alphas_cumprod[t]).", variant(renoise=lambda x, n, a, s: a * a * x + s * s * n)),
+            Mistake("the teacher predicts v, not epsilon: its x0 is alpha_t * x_t - sigma_t * v.",
+                    variant(x0=lambda noisy, v, a, s: (noisy - s * v) / a)),
+        ],
+        atol=1e-6,
+        rtol=1e-4,
+    )
+
+
+def check_hinge_discriminator_loss(fn: Callable) -> None:
+    """Check ``fn(real_logits, fake_logits)``, lists of (B, T) token logits per head, is the hinge loss of D."""
+    from addlib.discriminator import hinge_discriminator_loss
+
+    gen = torch.Generator().manual_seed(4)
+    cases = [Case(f"{heads} head(s), batch {batch}, {tokens} tokens",
+                  ([2 * torch.randn(batch, tokens, generator=gen) for _ in range(heads)],
+                   [2 * torch.randn(batch, tokens, generator=gen) for _ in range(heads)]))
+             for heads, batch, tokens in [(1, 4, 5), (3, 2, 17), (2, 8, 65)]]
+
+    def parts(real, fake, f):
+        return sum(f(1 - r).mean() + f(1 + x).mean() for r, x in zip(real, fake))
+
+    relu = torch.nn.functional.relu
+    run_checks(
+        "hinge_discriminator_loss", fn, hinge_discriminator_loss, cases,
+        mistakes=[
+            Mistake("the hinge clips at zero: max(0, 1 - D(real)) and max(0, 1 + D(fake)) (torch.relu); without "
+                    "it, confident right answers keep being pushed further.", lambda r, f: parts(r, f, lambda z: z)),
+            Mistake("real logits should be pushed above +1 and fake ones below -1: max(0, 1 - D(real)) + "
+                    "max(0, 1 + D(fake)); the signs are swapped.", lambda r, f: parts(f, r, relu)),
+            Mistake("sum over heads, but average over images and tokens (.mean()), not .sum().",
+                    lambda r, f: sum(relu(1 - a).sum() + relu(1 + b).sum() for a, b in zip(r, f))),
+            Mistake("average within each head and sum over the heads: you averaged over heads too.",
+                    lambda r, f: parts(r, f, relu) / len(r)),
+        ],
+    )
+
+
+def check_r1_penalty(fn: Callable) -> None:
+    """Check ``fn(real_logits, real_features)`` is R1 on the heads' input features (ADD, section 3.2)."""
+    from addlib.discriminator import ProjectedDiscriminator, r1_penalty
+    from addlib.evaluators import TinyViT
+
+    def with_fresh_graph(penalty: Callable) -> Callable:
+        """Call ``penalty`` on logits and leaf features made anew, so no call can spend another's graph."""
+        def run(seed: int, batch: int, layers: tuple[int, ...]):
+            torch.manual_seed(seed)
+            network = TinyViT(image_size=32, patch_size=8, embed_dim=16, num_layers=3, num_heads=2)
+            discriminator = ProjectedDiscriminator(network, layers, text_dim=8, cmap_dim=8, augment=()).eval()
+            images = torch.rand(batch, 3, 32, 32) * 2 - 1
+            features = [f.detach().requires_grad_() for f in discriminator.features(images)]
+            logits = discriminator.heads_logits(features, torch.randn(batch, 8), discriminator.image_embedding(images))
+            return penalty(logits, features)
+        return run
+
+    def grads(logits, features, reduce=lambda z: z.mean(dim=1).sum()):
+        return torch.autograd.grad([reduce(z) for z in logits], features, create_graph=True)
+
+    cases = [Case(f"{batch} images, heads on layers {list(layers)}", (seed, batch, layers))
+             for seed, batch, layers in [(0, 2, (1,)), (1, 4, (0, 2)), (2, 3, (0, 1, 2))]]
+    run_checks(
+        "r1_penalty", with_fresh_graph(fn), with_fresh_graph(r1_penalty), cases,
+        mistakes=[Mistake(hint, with_fresh_graph(wrong)) for hint, wrong in [
+            ("R1 is the *squared* norm of the gradient: g.pow(2).sum() per image, no square root.",
+             lambda z, f: sum(g.flatten(1).norm(dim=1).mean() for g in grads(z, f))),
+            ("average the per-image squared norms over the batch (.mean()), don't sum them.",
+             lambda z, f: sum(g.pow(2).flatten(1).sum(1).sum() for g in grads(z, f))),
+            ("D_k of an image is its *mean* token logit: differentiate logits.mean(dim=1).sum(), not the sum of "
+             "all token logits.", lambda z, f: sum(g.pow(2).flatten(1).sum(1).mean()
+                                                  for g in grads(z, f, lambda x: x.sum()))),
+            ("sum the penalty over every head, not only the first.",
+             lambda z, f: grads(z[:1], f[:1])[0].pow(2).flatten(1).sum(1).mean()),
+        ]],
+    )
+    if not with_fresh_graph(fn)(*cases[0].args).requires_grad:
+        raise CheckFailed("r1_penalty returns the right number, but it cannot train the heads: pass "
+                          "create_graph=True to torch.autograd.grad so gamma * R1 can be back-propagated.")
+    print("✓ r1_penalty keeps its graph, so gamma * R1 trains the heads")
+
+
+def check_sds_weight(fn: Callable) -> None:
+    """Check ``fn(timesteps, alphas_cumprod)`` is c(t) = alpha_t / (2 sigma_t) * w(t) with w(t) = sigma_t^2."""
+    from addlib.distillation import distillation_weight
+
+    zero_snr = make_alphas_cumprod("scaled_linear", rescale_betas_zero_snr=True)
+    cases = [Case(f"timesteps {t}, {name}", (torch.tensor(t), a))
+             for t, name, a in [([0, 500, 999], "the teacher's zero-terminal-SNR schedule", zero_snr),
+                                ([10, 250, 749, 990], "Stable Diffusion's schedule", make_alphas_cumprod("scaled_linear"))]]
+    alpha = lambda t, a: a[t].double().sqrt()
+    sigma = lambda t, a: (1 - a[t].double()).sqrt()
+    run_checks(
+        "sds_weight", fn, lambda t, a: distillation_weight("sds", t, a), cases,
+        mistakes=[
+            Mistake("that is alpha_t / (2 sigma_t) alone: multiply by DreamFusion's w(t) = sigma_t^2.",
+                    lambda t, a: alpha(t, a) / (2 * sigma(t, a))),
+            Mistake("c(t) = alpha_t / (2 sigma_t) * sigma_t^2 = alpha_t * sigma_t / 2: the factor 1/2 is missing.",
+                    lambda t, a: alpha(t, a) * sigma(t, a)),
+            Mistake("alpha_t and sigma_t are square roots: sqrt(alphas_cumprod[t]) and sqrt(1 - alphas_cumprod[t]).",
+                    lambda t, a: a[t].double() * (1 - a[t].double()) / 2),
+        ],
+    )

@@ -25,11 +25,18 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.utils import logging as transformers_logging
+
+# Without torchvision, transformers 5 warns once, as diffusers' pipelines import it, that CLIPImageProcessor
+# falls back to its PIL version. No pipeline here uses an image processor: keep that notice out of notebooks.
+_verbosity = transformers_logging.get_verbosity()
+transformers_logging.set_verbosity_error()
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers.utils import logging as diffusers_logging  # noqa: E402
+
+transformers_logging.set_verbosity(_verbosity)
 
 from addlib.shapes import VOCABULARY, parse_caption
 

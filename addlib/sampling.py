@@ -151,17 +151,29 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, guidance_
     return uncond + guidance_scale * (cond - uncond)
 
 
+def _text_encoder_output(pipe, prompts: list[str]):
+    check_prompts(pipe.tokenizer, prompts)
+    ids = pipe.tokenizer(
+        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
+    ).input_ids  # (B, L)
+    return pipe.text_encoder(ids.to(pipe.text_encoder.device))
+
+
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     """The text encoder's last hidden state for ``prompts``, (B, L, D), as the pipeline computes it.
 
     Prompts are checked first (:func:`addlib.miniature.check_prompts`: an unknown word or a too-long prompt is
     a one-line error, not a silently mangled condition), then padded to the tokenizer's ``model_max_length``.
     """
-    check_prompts(pipe.tokenizer, prompts)
-    ids = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids  # (B, L)
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))[0]  # (B, L, D)
+    return _text_encoder_output(pipe, prompts)[0]
+
+
+def pooled_prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
+    """One vector per prompt (B, D): CLIP's pooled output, the end-of-text token's final state.
+
+    The UNet reads every token (:func:`encode_prompts`); a discriminator head needs one vector per image.
+    """
+    return _text_encoder_output(pipe, prompts).pooler_output
 
 
 def _check_image_size(name: str, value: int, factor: int) -> None:

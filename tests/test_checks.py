@@ -151,3 +151,76 @@ def test_guidance_checker_names_the_mistake(wrong, hint):
     with pytest.raises(checks.CheckFailed, match="classifier_free_guidance is wrong on case 1 of 3") as failure:
         checks.check_classifier_free_guidance(wrong)
     assert hint in str(failure.value)
+
+
+# The ADD-loss checkers (notebooks 03 and 04): the solutions pass, each plausible mistake gets its hint.
+
+@pytest.fixture(scope="module")
+def teacher():
+    from addlib.miniature import load_pipeline
+
+    pipe = load_pipeline()
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+    return pipe
+
+
+def sds_weight_right(t, a):
+    return a[t].double().sqrt() * (1 - a[t].double()).sqrt() / 2
+
+
+def test_sds_weight_checker(capsys):
+    checks.check_sds_weight(sds_weight_right)
+    assert capsys.readouterr().out.strip() == "✓ sds_weight passes all 2 cases"
+    with pytest.raises(checks.CheckFailed, match="multiply by DreamFusion's w"):
+        checks.check_sds_weight(lambda t, a: a[t].double().sqrt() / (2 * (1 - a[t].double()).sqrt()))
+
+
+def distillation_right(teacher, x, embeds, t, noise, stop=True, pixels=True):
+    from addlib.distillation import decode_latents
+
+    abar = teacher.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
+    with torch.set_grad_enabled(not stop):
+        noisy = alpha * x + sigma * noise
+        target = alpha * noisy - sigma * teacher.unet(noisy, t, encoder_hidden_states=embeds).sample
+    if pixels:
+        x, target = decode_latents(teacher, x), decode_latents(teacher, target)
+    return (alpha.flatten() * (x - target).pow(2).flatten(1).mean(1)).mean()
+
+
+@pytest.mark.parametrize("wrong, hint", [
+    (lambda *args: distillation_right(*args, stop=False), "the gradient also flows through the teacher"),
+    (lambda *args: distillation_right(*args, pixels=False), "decode both x_theta"),
+])
+def test_distillation_checker(teacher, wrong, hint, capsys):
+    checks.check_distillation_loss(distillation_right, teacher)
+    assert capsys.readouterr().out.strip() == "✓ distillation_loss passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_distillation_loss(wrong, teacher)
+
+
+def hinge_right(real, fake):
+    return sum(torch.relu(1 - r).mean() + torch.relu(1 + f).mean() for r, f in zip(real, fake))
+
+
+def test_hinge_checker(capsys):
+    checks.check_hinge_discriminator_loss(hinge_right)
+    assert capsys.readouterr().out.strip() == "✓ hinge_discriminator_loss passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match="the signs are swapped"):
+        checks.check_hinge_discriminator_loss(lambda real, fake: hinge_right(fake, real))
+
+
+def r1_right(logits, features, create_graph=True, square=True):
+    grads = torch.autograd.grad([z.mean(dim=1).sum() for z in logits], features, create_graph=create_graph)
+    norms = [g.pow(2).flatten(1).sum(1) if square else g.flatten(1).norm(dim=1) for g in grads]
+    return sum(n.mean() for n in norms)
+
+
+def test_r1_checker(capsys):
+    checks.check_r1_penalty(r1_right)
+    assert "✓ r1_penalty keeps its graph" in capsys.readouterr().out
+    with pytest.raises(checks.CheckFailed, match=r"\*squared\* norm"):
+        checks.check_r1_penalty(lambda z, f: r1_right(z, f, square=False))
+    with pytest.raises(checks.CheckFailed, match="create_graph=True"):
+        checks.check_r1_penalty(lambda z, f: r1_right(z, f, create_graph=False))
