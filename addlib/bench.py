@@ -76,8 +76,12 @@ def bench_teacher(args: argparse.Namespace) -> None:
     # and the first set against it gives the real-vs-real floor at the same sample sizes.
     real, prompts, _ = make_shapes(args.num_images, seed=REFERENCE_SEED)
     reference, _, _ = make_shapes(args.num_images, seed=REFERENCE_SEED, start=args.num_images)
+    with torch.no_grad():  # the VAE alone, no diffusion: the ceiling of anything decoded by it
+        round_trip = pipe.vae.decode(pipe.vae.encode(real).latent_dist.mean).sample.clamp(-1, 1)
     rows = [{"model": "real images", "steps": "-", "guidance": "-",
-             **_quality_row(real, prompts, reference, classifier), "s/image": "-"}]
+             **_quality_row(real, prompts, reference, classifier), "s/image": "-"},
+            {"model": "VAE round trip", "steps": "-", "guidance": "-",
+             **_quality_row(round_trip, prompts, reference, classifier), "s/image": "-"}]
     for guidance in args.guidance_scales:
         for steps in args.steps:
             start = time.perf_counter()

@@ -11,6 +11,8 @@ alpha-bar is 1 and the sample is the predicted x0 itself):
 - DDPM (Ho et al., 2020, "Denoising Diffusion Probabilistic Models", eqs. 6-7): draw x_t' from the posterior
   q(x_t' | x_t, x0) with the predicted x0, fresh noise at every step but the last (:func:`ddpm_step`). This
   is DDIM at ``eta = 1``, written the way the DDPM paper writes it.
+- ADD's multi-step sampling (Sauer et al., 2023): keep the predicted x0 and noise it afresh to level t'
+  (:func:`renoise_step`), as the student saw real images noised in training.
 - Classifier-free guidance (Ho & Salimans, 2022, eq. 6) extrapolates from the unconditional output towards
   the conditional one (:func:`classifier_free_guidance`).
 
@@ -29,7 +31,7 @@ from tqdm.auto import tqdm
 from addlib.forward_process import per_sample, predict_x0_and_epsilon
 from addlib.miniature import check_prompts
 
-SAMPLERS = ("ddim", "ddpm")
+SAMPLERS = ("ddim", "ddpm", "add")
 
 
 def ddim_timesteps(num_inference_steps: int, num_train_timesteps: int = 1000) -> torch.LongTensor:
@@ -142,6 +144,28 @@ def ddpm_step(
     return _with_noise(mean, std, noise, "DDPM"), pred_x0
 
 
+def renoise_step(
+    model_output: torch.Tensor,
+    timestep: torch.Tensor | int,
+    prev_timestep: torch.Tensor | int,
+    sample: torch.Tensor,
+    alphas_cumprod: torch.Tensor,
+    prediction_type: str = "v_prediction",
+    noise: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of a distilled student's multi-step sampling: ``(prev_sample, pred_x0)``.
+
+        x_t' = sqrt(abar_t') * x0 + sqrt(1 - abar_t') * noise            (fresh noise)
+
+    An ADD student is trained on real images noised with fresh noise at its few timesteps, so between its steps
+    the predicted x0 is noised the same way, rather than moved along the predicted noise as DDIM does. At the
+    last step (``prev_timestep < 0``) it returns x0 and ``noise`` may be None.
+    """
+    pred_x0, _ = predict_x0_and_epsilon(model_output, sample, timestep, alphas_cumprod, prediction_type)
+    _, alpha_bar_prev = _alpha_bars(alphas_cumprod, timestep, prev_timestep, sample)
+    return _with_noise(alpha_bar_prev.sqrt() * pred_x0, (1 - alpha_bar_prev).sqrt(), noise, "ADD sampling"), pred_x0
+
+
 def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, guidance_scale: float) -> torch.Tensor:
     """``uncond + s * (cond - uncond)`` (Ho & Salimans, 2022, eq. 6).
 
@@ -213,7 +237,8 @@ def sample(
 ) -> torch.Tensor:
     """Generate one image per prompt with ``pipe``'s VAE, text encoder and UNet: (B, 3, H, W) in [-1, 1].
 
-    DDIM (``eta`` as in :func:`ddim_step`) or DDPM steps on :func:`ddim_timesteps`, with classifier-free guidance
+    DDIM (``eta`` as in :func:`ddim_step`), DDPM or ADD (:func:`renoise_step`, for a distilled student: at 1, 2
+    and 4 steps its timesteps are 999; 999, 499; 999, 749, 499, 249) steps on :func:`ddim_timesteps`, with guidance
     (the "" prompt as the unconditional one) when ``guidance_scale > 1``. Uses ``pipe.scheduler``'s
     ``alphas_cumprod``, ``prediction_type`` and ``num_train_timesteps`` and nothing else of it: the spacing is
     always "trailing", the last step always lands on x0 (``set_alpha_to_one``), and each step goes to the next
@@ -228,8 +253,8 @@ def sample(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if sampler == "ddpm" and eta != 0:
-        raise ValueError(f"eta is DDIM's; DDPM's noise is fixed by its posterior: use sampler='ddim' with eta={eta}")
+    if sampler != "ddim" and eta != 0:
+        raise ValueError(f"eta is DDIM's; {sampler} fixes its own noise: use sampler='ddim' with eta={eta}")
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}; for one prompt use [prompt]")
     if guidance_scale < 1:
@@ -262,7 +287,7 @@ def sample(
 
     cond = torch.cat([encode_prompts(pipe, prompts[chunk]) for chunk in chunks])  # (B, L, D)
     uncond = encode_prompts(pipe, [""]) if guidance_scale > 1 else None  # (1, L, D)
-    noisy = sampler == "ddpm" or eta > 0
+    noisy = sampler != "ddim" or eta > 0
     for t, prev_t in tqdm(list(zip(timesteps, prev_timesteps)), desc=sampler, disable=not progress):
         output = torch.cat([_denoiser_output(pipe, x[chunk], t, cond[chunk], uncond, guidance_scale)
                             for chunk in chunks])  # (B, 4, h, w)
@@ -271,8 +296,10 @@ def sample(
             noise = torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
         if sampler == "ddim":
             x, _ = ddim_step(output, t, prev_t, x, alphas_cumprod, config.prediction_type, eta, noise)
-        else:
+        elif sampler == "ddpm":
             x, _ = ddpm_step(output, t, prev_t, x, alphas_cumprod, config.prediction_type, noise)
+        else:
+            x, _ = renoise_step(output, t, prev_t, x, alphas_cumprod, config.prediction_type, noise)
 
     scaling = pipe.vae.config.scaling_factor
     images = torch.cat([pipe.vae.decode(x[chunk] / scaling).sample for chunk in chunks])  # (B, 3, H, W)

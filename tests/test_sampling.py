@@ -11,6 +11,7 @@ from addlib.sampling import (
     ddim_timesteps,
     ddpm_step,
     encode_prompts,
+    renoise_step,
     sample,
 )
 
@@ -134,6 +135,27 @@ def test_steps_that_add_noise_ask_for_it():
     ddim_step(model_output, 499, 249, x, alphas_cumprod)  # eta = 0 needs none
 
 
+def test_renoise_step_noises_the_predicted_x0_afresh():
+    v, x, noise = random_inputs(4)
+    alphas_cumprod = DDIMScheduler(**SCHEDULER_CONFIG).alphas_cumprod
+    x0 = alphas_cumprod[749].sqrt() * x - (1 - alphas_cumprod[749]).sqrt() * v  # from v
+    step, pred_x0 = renoise_step(v, 749, 499, x, alphas_cumprod, "v_prediction", noise)
+    torch.testing.assert_close(pred_x0, x0)
+    torch.testing.assert_close(step, alphas_cumprod[499].sqrt() * x0 + (1 - alphas_cumprod[499]).sqrt() * noise)
+    last, _ = renoise_step(v, 249, -1, x, alphas_cumprod, "v_prediction")
+    torch.testing.assert_close(last, alphas_cumprod[249].sqrt() * x - (1 - alphas_cumprod[249]).sqrt() * v)
+    with pytest.raises(ValueError, match="ADD sampling adds noise at this step"):
+        renoise_step(v, 749, 499, x, alphas_cumprod, "v_prediction")
+
+
+def test_add_sampler_is_ddim_at_one_step_and_seeded_beyond(pipe):
+    prompts = PROMPTS[:2]
+    torch.testing.assert_close(sample(pipe, prompts, 1, sampler="add"), sample(pipe, prompts, 1))
+    four = sample(pipe, prompts, 4, sampler="add", seed=3)
+    torch.testing.assert_close(four, sample(pipe, prompts, 4, sampler="add", seed=3))
+    assert not torch.allclose(four, sample(pipe, prompts, 4, sampler="add", seed=4))
+
+
 def test_classifier_free_guidance():
     uncond, cond = torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.0])
     assert torch.equal(classifier_free_guidance(uncond, cond, 1.0), cond)
@@ -189,7 +211,7 @@ def test_sample_sizes(pipe):
         (dict(height=30), r"^height 30 is not a positive multiple of the VAE's downsampling factor 4; "
                           r"the nearest valid height is 32$"),
         (dict(width=37), r"^width 37 is not .* factor 4; the nearest valid width is 36$"),
-        (dict(sampler="euler"), r"^unknown sampler 'euler'; choose one of ddim, ddpm$"),
+        (dict(sampler="euler"), r"^unknown sampler 'euler'; choose one of ddim, ddpm, add$"),
         (dict(sampler="ddpm", eta=0.5), r"^eta is DDIM's"),
         (dict(guidance_scale=0.5), r"^guidance_scale must be at least 1 \(1 = no guidance\), got 0.5"),
         (dict(prompts=["a pink circle"]), r"pink"),
