@@ -52,7 +52,7 @@ ADD_SEED = 2  # the shapes seed of ADD training: the teacher's is 0, the evaluat
 @dataclass
 class Config:
     seed: int = ADD_SEED
-    teacher: str = str(TEACHER_DIR)
+    teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
     steps: int = 2000
     batch_size: int = 32
     student_timesteps: str = "999,749,499,249"  # T_student, the paper's four
@@ -111,7 +111,7 @@ class ADDTrainer:
         config.check()
         self.config, self.accelerator = config, accelerator
         device = accelerator.device
-        self.teacher = load_pipeline(config.teacher, device=device)
+        self.teacher = load_pipeline(TEACHER_DIR if config.teacher == "miniature" else config.teacher, device=device)
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
             part.requires_grad_(False)
         torch.manual_seed(config.seed)  # the discriminator heads' initial weights
