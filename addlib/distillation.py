@@ -55,9 +55,13 @@ def sample_teacher_timesteps(batch_size: int, generator: torch.Generator | None 
     return torch.randint(low, high + 1, (batch_size,), generator=generator)
 
 
-def _denoiser(unet, noisy, timesteps, embeddings, prediction_type, alphas_cumprod):
+def denoise(unet, scheduler, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x0, epsilon) that ``unet`` predicts from ``noisy`` latents at ``timesteps``: the teacher's target and
+    the student's one-step sample both come from here, read with ``scheduler``'s schedule and prediction type."""
     output = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
-    return predict_x0_and_epsilon(output, noisy, timesteps, alphas_cumprod, prediction_type)
+    return predict_x0_and_epsilon(output, noisy, timesteps, scheduler.alphas_cumprod.to(noisy.device),
+                                  scheduler.config.prediction_type)
 
 
 @torch.no_grad()
@@ -79,7 +83,6 @@ def teacher_target(
     (``guidance_scale != 1``) and for NFSD, which also takes ``negative_embeds`` (unconditional if not given).
     """
     alphas_cumprod = teacher.scheduler.alphas_cumprod.to(student_latents.device)
-    prediction_type = teacher.scheduler.config.prediction_type
     x = student_latents.detach()
     noisy = add_noise(x, noise, timesteps, alphas_cumprod)
     needs_uncond = guidance_scale != 1.0 or weighting == "nfsd"
@@ -88,12 +91,12 @@ def teacher_target(
                          f"the empty prompt's embeddings (encode_prompts(pipe, ['']))")
     batch = len(x)
     if not needs_uncond:
-        return _denoiser(teacher.unet, noisy, timesteps, prompt_embeds, prediction_type, alphas_cumprod)[0]
+        return denoise(teacher.unet, teacher.scheduler, noisy, timesteps, prompt_embeds)[0]
     uncond = uncond_embeds.expand(batch, -1, -1)
     extra = [] if weighting != "nfsd" or negative_embeds is None else [negative_embeds.expand(batch, -1, -1)]
     # One UNet call for the conditional, unconditional (and negative) predictions, as the sampler does.
-    x0s, epsilons = _denoiser(teacher.unet, noisy.repeat(2 + len(extra), 1, 1, 1), timesteps.repeat(2 + len(extra)),
-                              torch.cat([prompt_embeds, uncond, *extra]), prediction_type, alphas_cumprod)
+    x0s, epsilons = denoise(teacher.unet, teacher.scheduler, noisy.repeat(2 + len(extra), 1, 1, 1),
+                            timesteps.repeat(2 + len(extra)), torch.cat([prompt_embeds, uncond, *extra]))
     if weighting != "nfsd":
         return classifier_free_guidance(x0s[batch:2 * batch], x0s[:batch], guidance_scale)
     eps_cond, eps_uncond = epsilons[:batch], epsilons[batch:2 * batch]
@@ -126,13 +129,16 @@ def distillation_loss(
     negative_embeds: torch.Tensor | None = None,
     pixel_space: bool = True,
     generator: torch.Generator | None = None,
+    student_images: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L_distill (a scalar) for the student's x0-latents ``student_latents`` (B, 4, h, w) (ADD, eq. 5).
 
     ``timesteps`` (B,) and ``noise`` (like ``student_latents``) are drawn with ``generator`` when not given
     (:func:`sample_teacher_timesteps`, a standard normal). d is the mean squared error per sample between
     the decoded images (``pixel_space=True``, as ADD) or between the latents; it is weighted by c(t) and
-    averaged over the batch. Only ``student_latents`` receives gradients.
+    averaged over the batch. Only ``student_latents`` receives gradients. ``student_images``, when given, is
+    ``decode_latents(teacher, student_latents)`` already computed (ADD's step decodes it for the discriminator
+    too), so the VAE decoder runs once.
     """
     if pixel_space and any(p.requires_grad for p in teacher.vae.parameters()):
         raise ValueError("the teacher's VAE would be trained through the pixel-space loss: freeze it first with "
@@ -148,6 +154,6 @@ def distillation_loss(
     if pixel_space:
         with torch.no_grad():
             target = decode_latents(teacher, target)
-        student_latents = decode_latents(teacher, student_latents)
+        student_latents = decode_latents(teacher, student_latents) if student_images is None else student_images
     distance = (student_latents - target).pow(2).flatten(1).mean(1)  # d(x_theta, x_psi), (B,)
     return (weight * distance).mean()

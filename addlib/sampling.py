@@ -175,7 +175,10 @@ def classifier_free_guidance(uncond: torch.Tensor, cond: torch.Tensor, guidance_
     return uncond + guidance_scale * (cond - uncond)
 
 
-def _text_encoder_output(pipe, prompts: list[str]):
+def text_encoder_output(pipe, prompts: list[str]):
+    """The text encoder's output for ``prompts``, checked and padded as below: ``[0]`` is
+    :func:`encode_prompts`' (B, L, D), ``.pooler_output`` :func:`pooled_prompt_embeddings`' (B, D). One call
+    serves a caller that needs both."""
     check_prompts(pipe.tokenizer, prompts)
     ids = pipe.tokenizer(
         prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
@@ -189,7 +192,7 @@ def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
     Prompts are checked first (:func:`addlib.miniature.check_prompts`: an unknown word or a too-long prompt is
     a one-line error, not a silently mangled condition), then padded to the tokenizer's ``model_max_length``.
     """
-    return _text_encoder_output(pipe, prompts)[0]
+    return text_encoder_output(pipe, prompts)[0]
 
 
 def pooled_prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
@@ -197,7 +200,7 @@ def pooled_prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
 
     The UNet reads every token (:func:`encode_prompts`); a discriminator head needs one vector per image.
     """
-    return _text_encoder_output(pipe, prompts).pooler_output
+    return text_encoder_output(pipe, prompts).pooler_output
 
 
 def _check_image_size(name: str, value: int, factor: int) -> None:

@@ -37,11 +37,11 @@ from tqdm.auto import tqdm
 
 from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
 from addlib.discriminator import ProjectedDiscriminator, discriminator_loss, hinge_generator_loss, paired_generators
-from addlib.distillation import WEIGHTINGS, decode_latents, distillation_loss
+from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
 from addlib.evaluators import load_feature_network
-from addlib.forward_process import add_noise, predict_x0_and_epsilon
+from addlib.forward_process import add_noise
 from addlib.miniature import DATA_DIR, TEACHER_DIR, load_pipeline, save_tokenizer_files
-from addlib.sampling import encode_prompts, pooled_prompt_embeddings
+from addlib.sampling import encode_prompts, text_encoder_output
 from addlib.shapes import make_shapes
 from addlib.train_teacher import step_generator
 
@@ -97,13 +97,6 @@ class Config:
             raise ValueError("both loss weights are 0: the student would learn nothing")
 
 
-def student_x0(unet, latents: torch.Tensor, timesteps: torch.Tensor, embeds: torch.Tensor, scheduler) -> torch.Tensor:
-    """The student's one-step prediction of the clean latents from ``latents`` at ``timesteps``."""
-    output = unet(latents, timesteps, encoder_hidden_states=embeds).sample
-    return predict_x0_and_epsilon(output, latents, timesteps, scheduler.alphas_cumprod.to(latents.device),
-                                  scheduler.config.prediction_type)[0]
-
-
 class ADDTrainer:
     """The models, optimisers and one training step; :func:`train` adds the loop, checkpoints and export."""
 
@@ -154,8 +147,8 @@ class ADDTrainer:
             posterior = teacher.vae.encode(images).latent_dist
             latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(images)
             latents = latents * teacher.vae.config.scaling_factor
-            text = encode_prompts(teacher, captions)
-            pooled = pooled_prompt_embeddings(teacher, captions)
+            encoded = text_encoder_output(teacher, captions)  # one call: tokens for the UNets, pooled for D
+            text, pooled = encoded[0], encoded.pooler_output
             image_embedding = accelerator.unwrap_model(self.discriminator).image_embedding(images)
         pick = torch.randint(len(self.student_timesteps), (len(images),), generator=generator)
         timesteps = self.student_timesteps[pick].to(images.device)
@@ -164,7 +157,7 @@ class ADDTrainer:
 
         # The generator update: fool the heads, and follow the teacher.
         with accelerator.autocast():
-            x_theta = student_x0(self.student, noisy, timesteps, text, teacher.scheduler)
+            x_theta = denoise(self.student, teacher.scheduler, noisy, timesteps, text)[0]
             fake = decode_latents(teacher, x_theta)
             adversarial = distill = torch.zeros((), device=images.device)
             if config.adversarial_weight:
@@ -173,7 +166,7 @@ class ADDTrainer:
             if config.distillation_weight:
                 distill = distillation_loss(teacher, x_theta, text, weighting=config.weighting,
                                             guidance_scale=config.teacher_guidance_scale, uncond_embeds=self.empty,
-                                            generator=generator)
+                                            generator=generator, student_images=fake)
             loss = config.adversarial_weight * adversarial + config.distillation_weight * distill
         self._check_finite(loss, "student", step)
         self.student_optimizer.zero_grad(set_to_none=True)

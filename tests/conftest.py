@@ -5,5 +5,25 @@ The notebooks' kernels, started by nbval, inherit this environment too.
 
 import os
 
+import pytest
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@pytest.fixture
+def interrupt_at_call(monkeypatch):
+    """``install(owner, name, call)`` makes ``owner.name`` raise KeyboardInterrupt on its ``call``-th call, as if
+    the machine went away mid-run, and returns a function that puts the original back (for the resume)."""
+    def install(owner, name: str, call: int):
+        original, calls = getattr(owner, name), []
+
+        def interrupted(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == call:
+                raise KeyboardInterrupt
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, interrupted)
+        return lambda: monkeypatch.setattr(owner, name, original)
+    return install

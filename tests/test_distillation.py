@@ -140,3 +140,12 @@ def test_bad_input_is_explained(teacher, inputs):
     unfrozen = build_pipeline(seed=0)
     with pytest.raises(ValueError, match=r"requires_grad_\(False\)"):
         distillation_loss(unfrozen, x.float(), embeds.float(), inputs["timesteps"], noise.float())
+
+
+def test_already_decoded_student_images_give_the_same_loss(teacher, inputs):
+    from addlib.distillation import decode_latents
+
+    args = (teacher, inputs["latents"], inputs["embeds"], inputs["timesteps"], inputs["noise"])
+    images = decode_latents(teacher, inputs["latents"])
+    torch.testing.assert_close(distillation_loss(*args, student_images=images), distillation_loss(*args),
+                               rtol=0, atol=0)

@@ -131,22 +131,14 @@ def test_training_smoke_run(tmp_path, capsys):
     assert "held-out accuracy" in capsys.readouterr().out
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, monkeypatch, capsys):
+def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call, capsys):
     args = ["--which", "vit", "--steps", "4", "--batch-size", "4", "--eval-images", "20", "--checkpoint-every", "2"]
     train_evaluators.main(args + ["--out", str(tmp_path / "straight"), "--run-dir", str(tmp_path / "run_straight")])
     resumed = args + ["--out", str(tmp_path / "resumed"), "--run-dir", str(tmp_path / "run_resumed")]
-    calls, real_loss = [], train_evaluators.attribute_loss
-
-    def crash_at_third_step(*a, **k):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as if the machine went away after the step-2 checkpoint
-        return real_loss(*a, **k)
-
-    monkeypatch.setattr(train_evaluators, "attribute_loss", crash_at_third_step)
+    restore = interrupt_at_call(train_evaluators, "attribute_loss", 3)  # the third step, after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_evaluators.main(resumed)
-    monkeypatch.setattr(train_evaluators, "attribute_loss", real_loss)
+    restore()
     with pytest.raises(SystemExit):  # an existing run is never overwritten by accident
         train_evaluators.main(resumed)
     assert "pass --resume" in capsys.readouterr().err

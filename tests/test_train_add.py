@@ -11,20 +11,12 @@ from addlib.train_add import Config, train
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, monkeypatch):
+def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call):
     train(Config(**TINY), tmp_path / "straight", tmp_path / "run_straight")
-    calls, real_step = [], train_add.ADDTrainer.step
-
-    def crash_at_third_step(self, step):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as if the machine went away after the step-2 checkpoint
-        return real_step(self, step)
-
-    monkeypatch.setattr(train_add.ADDTrainer, "step", crash_at_third_step)
+    restore = interrupt_at_call(train_add.ADDTrainer, "step", 3)  # the third step, after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train(Config(**TINY), tmp_path / "resumed", tmp_path / "run_resumed")
-    monkeypatch.setattr(train_add.ADDTrainer, "step", real_step)
+    restore()
     train(Config(**TINY), tmp_path / "resumed", tmp_path / "run_resumed", resume=True)
 
     straight = load_file(tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors")

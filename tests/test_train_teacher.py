@@ -17,22 +17,13 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] == pytest.approx(0.1, abs=1e-3)
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, monkeypatch):
+def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call):
     config = Config(**TINY)
     train(config, tmp_path / "straight", tmp_path / "run_straight")
-
-    calls, real_loss = [], train_teacher.denoising_loss
-
-    def crash_at_third_unet_step(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # as if the machine went away after the step-2 checkpoint
-        return real_loss(*args, **kwargs)
-
-    monkeypatch.setattr(train_teacher, "denoising_loss", crash_at_third_unet_step)
+    restore = interrupt_at_call(train_teacher, "denoising_loss", 3)  # the third UNet step, after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train(config, tmp_path / "resumed", tmp_path / "run_resumed")
-    monkeypatch.setattr(train_teacher, "denoising_loss", real_loss)
+    restore()
     train(config, tmp_path / "resumed", tmp_path / "run_resumed", resume=True)
 
     for part in ["unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"]:
