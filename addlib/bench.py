@@ -5,6 +5,7 @@ Run a subcommand from the repository root, e.g.::
     python -m addlib.bench shapes                              # make_shapes, 10,000 images at 32 and 64 pixels
     python -m addlib.bench shapes --num-images 1000 --resolutions 32
     python -m addlib.bench teacher                             # quality and speed against sampling steps
+    python -m addlib.bench add                                 # the ADD student against the teacher
 
 One function per subcommand; each builds a list of rows (dicts with the same keys) and hands it to
 :func:`print_table`, so the tables in the notebooks and docs can be pasted straight from the terminal.
@@ -14,11 +15,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
-from addlib.miniature import TEACHER_DIR
+from addlib.miniature import STUDENT_DIR, TEACHER_DIR
 from addlib.shapes import ATTRIBUTES, make_shapes
+
+
+# The loss ablation of ADD's Table 1d: students trained alike but for one loss weight (docs/benchmarks.md).
+ABLATION_DIRS = [Path("runs/ablation") / name for name in ("adversarial-only", "distillation-only", "both")]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -63,35 +69,110 @@ def _quality_row(images, prompts, reference, classifier) -> dict:
             "shapes-FID": f"{shapes_fid(images, reference, classifier):.2f}"}
 
 
+def _evaluation_set(num_images: int):
+    """The prompts of every quality bench and FID's reference: the captions of held-out real images (seed 7),
+    and a second, disjoint real set; the first set against it gives the real-vs-real floor."""
+    from addlib.metrics import REFERENCE_SEED
+
+    real, prompts, _ = make_shapes(num_images, seed=REFERENCE_SEED)
+    reference, _, _ = make_shapes(num_images, seed=REFERENCE_SEED, start=num_images)
+    return real, prompts, reference
+
+
+def _sampled_row(pipe, prompts, reference, classifier, steps: int, guidance: float, seed: int,
+                 sampler: str = "ddim") -> dict:
+    """Quality and seconds per image of ``steps`` sampling steps of ``pipe`` on ``prompts``."""
+    from addlib.sampling import sample
+
+    start = time.perf_counter()
+    images = sample(pipe, prompts, steps, guidance_scale=guidance, seed=seed, sampler=sampler)
+    seconds = (time.perf_counter() - start) / len(prompts)
+    return {"steps": steps, "guidance": guidance, **_quality_row(images, prompts, reference, classifier),
+            "s/image": f"{seconds:.4f}"}
+
+
+def _round_trip_row(name: str, encode, decode, real, prompts, reference, classifier) -> dict:
+    with torch.no_grad():
+        images = decode(encode(real)).clamp(-1, 1)
+    return {"model": name, "steps": "-", "guidance": "-", **_quality_row(images, prompts, reference, classifier),
+            "s/image": "-"}
+
+
 def bench_teacher(args: argparse.Namespace) -> None:
     """Quality and wall time of the teacher against DDIM steps, with and without guidance (notebook 02)."""
     from addlib.evaluators import load_attribute_classifier
     from addlib.metrics import REFERENCE_SEED
-    from addlib.miniature import load_pipeline
-    from addlib.sampling import sample
+    from addlib.miniature import TINY_VAE_DIR, load_pipeline, load_tiny_vae
 
     torch.manual_seed(0)
     pipe, classifier = load_pipeline(args.model), load_attribute_classifier()
-    # The prompts are the captions of held-out real images; FID compares against a second, disjoint real set,
-    # and the first set against it gives the real-vs-real floor at the same sample sizes.
-    real, prompts, _ = make_shapes(args.num_images, seed=REFERENCE_SEED)
-    reference, _, _ = make_shapes(args.num_images, seed=REFERENCE_SEED, start=args.num_images)
-    with torch.no_grad():  # the VAE alone, no diffusion: the ceiling of anything decoded by it
-        round_trip = pipe.vae.decode(pipe.vae.encode(real).latent_dist.mean).sample.clamp(-1, 1)
+    real, prompts, reference = _evaluation_set(args.num_images)
+    vae = pipe.vae
     rows = [{"model": "real images", "steps": "-", "guidance": "-",
              **_quality_row(real, prompts, reference, classifier), "s/image": "-"},
-            {"model": "VAE round trip", "steps": "-", "guidance": "-",
-             **_quality_row(round_trip, prompts, reference, classifier), "s/image": "-"}]
+            # The VAE alone, no diffusion: the ceiling of anything decoded by it.
+            _round_trip_row("VAE round trip", lambda x: vae.encode(x).latent_dist.mean,
+                            lambda z: vae.decode(z).sample, real, prompts, reference, classifier)]
+    if args.model == str(TEACHER_DIR) and TINY_VAE_DIR.exists():
+        tiny = load_tiny_vae(device=pipe.device)
+        rows.append(_round_trip_row("tiny VAE round trip", lambda x: tiny.encode(x).latents,
+                                    lambda z: tiny.decode(z).sample, real, prompts, reference, classifier))
     for guidance in args.guidance_scales:
         for steps in args.steps:
-            start = time.perf_counter()
-            images = sample(pipe, prompts, steps, guidance_scale=guidance, seed=args.seed)
-            seconds = (time.perf_counter() - start) / len(prompts)
-            rows.append({"model": "teacher", "steps": steps, "guidance": guidance,
-                         **_quality_row(images, prompts, reference, classifier), "s/image": f"{seconds:.4f}"})
+            rows.append({"model": "teacher", **_sampled_row(pipe, prompts, reference, classifier, steps, guidance,
+                                                             args.seed)})
     print(f"{args.num_images} prompts (captions of shapes seed {REFERENCE_SEED}), sampling seed {args.seed}, "
           f"DDIM, {torch.get_num_threads()} threads, {pipe.device}")
     print_table(rows)
+
+
+def bench_add(args: argparse.Namespace) -> None:
+    """The distilled student against the teacher, and the loss ablation (notebook 05; issue bars below)."""
+    from addlib.evaluators import load_attribute_classifier
+    from addlib.metrics import REFERENCE_SEED
+    from addlib.miniature import load_pipeline
+
+    torch.manual_seed(0)
+    teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
+    real, prompts, reference = _evaluation_set(args.num_images)
+    rows = [{"model": "real images", "steps": "-", "guidance": "-",
+             **_quality_row(real, prompts, reference, classifier), "s/image": "-"}]
+    for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance)):
+        rows.append({"model": "teacher (DDIM)", **_sampled_row(teacher, prompts, reference, classifier, steps,
+                                                                guidance, args.seed)})
+    student = load_pipeline(args.student)
+    for steps in (1, 2, 4):
+        rows.append({"model": "ADD student", **_sampled_row(student, prompts, reference, classifier, steps, 1.0,
+                                                             args.seed, "add")})
+    missing = []
+    for folder in args.ablations:
+        if not (Path(folder) / "model_index.json").exists():
+            missing.append(folder)
+            continue
+        rows.append({"model": f"ablation: {Path(folder).name}", **_sampled_row(
+            load_pipeline(folder), prompts, reference, classifier, 1, 1.0, args.seed, "add")})
+    print(f"{args.num_images} prompts (captions of shapes seed {REFERENCE_SEED}), sampling seed {args.seed}, "
+          f"{torch.get_num_threads()} threads, {teacher.device}; the student samples as ADD (x0, noised afresh)")
+    print_table(rows)
+    _print_add_bars(rows)
+    for folder in missing:
+        print(f"(no ablation student in {folder}: train it with the command in docs/benchmarks.md)")
+
+
+def _print_add_bars(rows: list[dict]) -> None:
+    """Issue 5's bars: student at 1 step within 0.03 accuracy and 1.5x FID of the teacher at 25 guided steps;
+    student at 4 steps at least as good as it on both."""
+    def figures(model: str, steps: int) -> tuple[float, float]:
+        row = next(r for r in rows if r["model"] == model and r["steps"] == steps)
+        return float(row["joint acc"]), float(row["shapes-FID"])
+    accuracy, fid = figures("teacher (DDIM)", 25)
+    one, four = figures("ADD student", 1), figures("ADD student", 4)
+    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
+    print(f"\nstudent 1 step: accuracy {one[0]:.3f} vs teacher {accuracy:.3f} (bar: within 0.03): "
+          f"{verdict(one[0] >= accuracy - 0.03)}; FID {one[1]:.1f} vs {fid:.1f} (bar: at most 1.5x = "
+          f"{1.5 * fid:.1f}): {verdict(one[1] <= 1.5 * fid)}")
+    print(f"student 4 steps: accuracy {four[0]:.3f}, FID {four[1]:.1f} (bar: at least the teacher's on both): "
+          f"{verdict(four[0] >= accuracy and four[1] <= fid)}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,6 +192,16 @@ def main(argv: list[str] | None = None) -> None:
     teacher.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
     teacher.add_argument("--seed", type=int, default=1)
     teacher.set_defaults(run=bench_teacher)
+
+    add = subcommands.add_parser("add", help="the ADD student against the teacher, and the loss ablation")
+    add.add_argument("--teacher", default=str(TEACHER_DIR), help="pipeline folder or hub id")
+    add.add_argument("--student", default=str(STUDENT_DIR), help="pipeline folder of the distilled student")
+    add.add_argument("--ablations", nargs="*", default=[str(f) for f in ABLATION_DIRS],
+                     help="student folders trained with one loss weight changed")
+    add.add_argument("--teacher-guidance", type=float, default=3.0)
+    add.add_argument("--num-images", type=int, default=512)
+    add.add_argument("--seed", type=int, default=1)
+    add.set_defaults(run=bench_add)
 
     args = parser.parse_args(argv)
     args.run(args)

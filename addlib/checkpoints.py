@@ -71,12 +71,21 @@ def resume_checkpoint(run_dir: Path, modules: dict, optimizers: dict, config: di
 def add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
     """One ``--option`` per field of a training ``Config`` dataclass, defaulting to the field's default."""
     for field in dataclasses.fields(config_class):
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default)
+        option = f"--{field.name.replace('_', '-')}"
+        if isinstance(field.default, bool):  # --flag / --no-flag: bool("False") would be True
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=field.default)
+        else:
+            parser.add_argument(option, type=type(field.default), default=field.default)
 
 
 def command_line(module: str, config: dict) -> str:
     """The command that repeats a run with configuration ``config``, for its recipe."""
-    return f"python -m {module} " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in config.items())
+    def option(name: str, value) -> str:
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            return flag if value else "--no-" + flag[2:]
+        return f"{flag} {value!r}" if value == "" else f"{flag} {value}"
+    return f"python -m {module} " + " ".join(option(k, v) for k, v in config.items())
 
 
 def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, config_class: type, out: Path,

@@ -435,3 +435,91 @@ def check_sds_weight(fn: Callable) -> None:
                     lambda t, a: a[t].double() * (1 - a[t].double()) / 2),
         ],
     )
+
+
+def check_generator_loss(fn: Callable, trainer) -> None:
+    """Check ``fn(trainer, latents, noise, timesteps, text, pooled, image_embedding, generator)`` returns ADD's
+    generator objective L = L_adv^G + lambda * L_distill as ``trainer.generator_loss`` computes it: its value
+    and its gradient with respect to the student's last layer (which a detached fake would not reach)."""
+    from addlib.discriminator import hinge_generator_loss, paired_generators
+    from addlib.distillation import decode_latents, denoise, distillation_loss
+
+    config, teacher = trainer.config, trainer.teacher
+    parameter = trainer.accelerator.unwrap_model(trainer.student).conv_out.weight
+    names = ("latents", "noise", "timesteps", "text", "pooled", "image_embedding")
+    cases = []
+    for step in (0, 1):
+        inputs = trainer.inputs(step)
+        seed = int(torch.randint(0, 2**31, (1,), generator=inputs["generator"]))
+        cases.append(Case(f"step {step}'s batch: {len(inputs['latents'])} images, student timesteps "
+                          f"{inputs['timesteps'].tolist()}", (*(inputs[n] for n in names), seed)))
+
+    def with_gradient(loss_fn: Callable) -> Callable:
+        def run(*args):
+            *tensors, seed = args
+            loss = loss_fn(trainer, *tensors, torch.Generator().manual_seed(seed))
+            loss = loss[0] if isinstance(loss, tuple) else loss  # the library's method also returns its parts
+            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                return loss
+            if not loss.requires_grad:
+                return torch.cat([loss.detach().view(1), torch.zeros(parameter.numel())])
+            (gradient,) = torch.autograd.grad(loss, parameter)
+            return torch.cat([loss.detach().view(1), gradient.flatten()])
+        return run
+
+    def variant(noised=True, detach=False, generator_hinge=True, guidance=True, draw_augment_first=True,
+                weights=(config.adversarial_weight, config.distillation_weight)):
+        """The objective with one ingredient swapped for a wrong one."""
+        def loss(trainer, latents, noise, timesteps, text, pooled, image_embedding, generator):
+            alphas_cumprod = teacher.scheduler.alphas_cumprod
+            noisy = add_noise(latents, noise, timesteps, alphas_cumprod) if noised else latents
+            x_theta = denoise(trainer.student, teacher.scheduler, noisy, timesteps, text)[0]
+            fake = decode_latents(teacher, x_theta, trainer.decoder)
+            judged = fake.detach() if detach else fake
+            distill_kwargs = dict(weighting=config.weighting, uncond_embeds=trainer.empty, student_images=fake,
+                                  vae=trainer.decoder, guidance_scale=config.teacher_guidance_scale if guidance else 1)
+            if not draw_augment_first:
+                distill = distillation_loss(teacher, x_theta, text, generator=generator, **distill_kwargs)
+            logits = trainer.discriminator(judged, pooled, image_embedding, paired_generators(generator)[0])
+            adversarial = (hinge_generator_loss(logits) if generator_hinge
+                           else sum(torch.relu(1 + lg).mean() for lg in logits))
+            if draw_augment_first:
+                distill = distillation_loss(teacher, x_theta, text, generator=generator, **distill_kwargs)
+            return weights[0] * adversarial + weights[1] * distill
+        return with_gradient(loss)
+
+    # In training mode every call of a spectral-normalised head takes a power-iteration step, so no two calls
+    # would agree; evaluation mode holds the heads still for the comparison.
+    was_training = trainer.discriminator.training
+    trainer.discriminator.eval()
+    try:
+        _run_generator_checks(fn, trainer, cases, with_gradient, variant)
+    finally:
+        trainer.discriminator.train(was_training)
+
+
+def _run_generator_checks(fn, trainer, cases, with_gradient, variant) -> None:
+    config = trainer.config
+    run_checks(
+        "generator_loss",
+        with_gradient(fn),
+        with_gradient(type(trainer).generator_loss),
+        cases,
+        mistakes=[
+            Mistake("lambda = 2.5 weights the distillation loss, not the adversarial one: "
+                    "L = L_adv^G + 2.5 * L_distill.", variant(weights=(config.distillation_weight, 1.0))),
+            Mistake("the student's input is the real latents *noised* to its timestep: x_s = alpha_s z0 + sigma_s "
+                    "eps (add_noise), not z0 itself.", variant(noised=False)),
+            Mistake("the fakes were detached before the discriminator: the student then gets no adversarial "
+                    "gradient. Only the discriminator's own update detaches them.", variant(detach=True)),
+            Mistake("the generator's hinge loss is -E[D(fake)] (hinge_generator_loss), not the discriminator's "
+                    "max(0, 1 + D(fake)).", variant(generator_hinge=False)),
+            Mistake("the teacher's target uses guidance: pass guidance_scale=trainer.config.teacher_guidance_scale "
+                    "and uncond_embeds=trainer.empty to distillation_loss.", variant(guidance=False)),
+            Mistake("right formula, but the random draws come in another order: augment the fakes first "
+                    "(paired_generators(generator)[0]), then call distillation_loss with generator.",
+                    variant(draw_augment_first=False)),
+        ],
+        atol=1e-6,
+        rtol=1e-4,
+    )

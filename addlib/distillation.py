@@ -112,9 +112,13 @@ def teacher_target(
     return x - ((1 - alpha_bar) / alpha_bar).sqrt() * direction
 
 
-def decode_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
-    """Latents (B, 4, h, w) to images (B, 3, H, W) in [-1, 1] through the pipeline's VAE, differentiably."""
-    return pipe.vae.decode(latents / pipe.vae.config.scaling_factor).sample
+def decode_latents(pipe, latents: torch.Tensor, vae=None) -> torch.Tensor:
+    """Latents (B, 4, h, w) to images (B, 3, H, W) in [-1, 1] through the pipeline's VAE, differentiably.
+
+    ``vae`` replaces it, e.g. an ``AutoencoderTiny`` trained to decode the same latents with far less memory.
+    """
+    vae = pipe.vae if vae is None else vae
+    return vae.decode(latents / vae.config.scaling_factor).sample
 
 
 def distillation_loss(
@@ -130,6 +134,7 @@ def distillation_loss(
     pixel_space: bool = True,
     generator: torch.Generator | None = None,
     student_images: torch.Tensor | None = None,
+    vae=None,
 ) -> torch.Tensor:
     """L_distill (a scalar) for the student's x0-latents ``student_latents`` (B, 4, h, w) (ADD, eq. 5).
 
@@ -137,12 +142,12 @@ def distillation_loss(
     (:func:`sample_teacher_timesteps`, a standard normal). d is the mean squared error per sample between
     the decoded images (``pixel_space=True``, as ADD) or between the latents; it is weighted by c(t) and
     averaged over the batch. Only ``student_latents`` receives gradients. ``student_images``, when given, is
-    ``decode_latents(teacher, student_latents)`` already computed (ADD's step decodes it for the discriminator
-    too), so the VAE decoder runs once.
+    ``decode_latents(teacher, student_latents, vae)`` already computed (ADD's step decodes it for the
+    discriminator too), so the VAE decoder runs once. ``vae`` decodes instead of the teacher's (a tiny VAE).
     """
-    if pixel_space and any(p.requires_grad for p in teacher.vae.parameters()):
-        raise ValueError("the teacher's VAE would be trained through the pixel-space loss: freeze it first with "
-                         "teacher.vae.requires_grad_(False)")
+    if pixel_space and any(p.requires_grad for p in (teacher.vae if vae is None else vae).parameters()):
+        raise ValueError("the VAE would be trained through the pixel-space loss: freeze it first with "
+                         "vae.requires_grad_(False)")
     batch = len(student_latents)
     if timesteps is None:
         timesteps = sample_teacher_timesteps(batch, generator).to(student_latents.device)
@@ -151,9 +156,10 @@ def distillation_loss(
     weight = distillation_weight(weighting, timesteps, teacher.scheduler.alphas_cumprod).to(student_latents)
     target = teacher_target(teacher, student_latents, prompt_embeds, timesteps, noise, weighting,
                             guidance_scale, uncond_embeds, negative_embeds)
+    x = student_latents
     if pixel_space:
         with torch.no_grad():
-            target = decode_latents(teacher, target)
-        student_latents = decode_latents(teacher, student_latents) if student_images is None else student_images
-    distance = (student_latents - target).pow(2).flatten(1).mean(1)  # d(x_theta, x_psi), (B,)
+            target = decode_latents(teacher, target, vae)
+        x = decode_latents(teacher, student_latents, vae) if student_images is None else student_images
+    distance = (x - target).pow(2).flatten(1).mean(1)  # d(x_theta, x_psi), (B,)
     return (weight * distance).mean()

@@ -33,7 +33,13 @@ from transformers.utils import logging as transformers_logging
 # falls back to its PIL version. No pipeline here uses an image processor: keep that notice out of notebooks.
 _verbosity = transformers_logging.get_verbosity()
 transformers_logging.set_verbosity_error()
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel  # noqa: E402
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    AutoencoderTiny,
+    DDIMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 transformers_logging.set_verbosity(_verbosity)
@@ -42,6 +48,8 @@ from addlib.shapes import VOCABULARY, parse_caption
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 TEACHER_DIR = DATA_DIR / "teacher"
+TINY_VAE_DIR = DATA_DIR / "tiny_vae"
+STUDENT_DIR = DATA_DIR / "student"  # the ADD student, python -m addlib.train_add
 MAX_PROMPT_TOKENS = 16  # the longest caption is 12 words; with start and end tokens, 14
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -57,6 +65,15 @@ VAE_CONFIG = dict(
     latent_channels=4,
     norm_num_groups=16,
     sample_size=32,
+)
+# TAESD's architecture (Bohan, 2023; diffusers' AutoencoderTiny) at the miniature's size: plain convolutions,
+# no attention, no sampling; it reads and writes the *scaled* latents the UNet works in (scaling_factor 1).
+TINY_VAE_CONFIG = dict(
+    encoder_block_out_channels=(32, 32, 32),  # two downsamplings, as the VAE's: 32x32 -> 8x8
+    decoder_block_out_channels=(32, 32, 32),
+    num_encoder_blocks=(1, 2, 2),
+    num_decoder_blocks=(2, 2, 1),
+    latent_channels=4,
 )
 TEXT_ENCODER_CONFIG = dict(
     hidden_size=64,
@@ -231,3 +248,17 @@ def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | N
                       f"offline, use the shipped miniature: load_pipeline() with no argument") from None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | None = None) -> AutoencoderTiny:
+    """A frozen ``AutoencoderTiny``: the miniature's (``python -m addlib.train_tiny_vae``) or a folder or hub
+    id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        with _no_loading_bars():
+            vae = AutoencoderTiny.from_pretrained(path, use_safetensors=True)
+    except (OSError, SafetensorError):
+        where = "a folder with config.json and its weights" if Path(path).exists() else "from the hub (no network?)"
+        raise OSError(f"could not load a tiny VAE from {path} ({where}); build the miniature's with "
+                      f"`python -m addlib.train_tiny_vae`, or decode with the full VAE") from None
+    return vae.to(device).eval().requires_grad_(False)

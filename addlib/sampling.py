@@ -203,7 +203,7 @@ def pooled_prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
     return text_encoder_output(pipe, prompts).pooler_output
 
 
-def _check_image_size(name: str, value: int, factor: int) -> None:
+def check_image_size(name: str, value: int, factor: int) -> None:
     """The VAE halves the size ``log2(factor)`` times, so an image side must be a multiple of ``factor``."""
     if value < 1 or value % factor:
         nearest = max(factor, factor * round(value / factor))
@@ -268,8 +268,8 @@ def sample(
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     height = pipe.unet.config.sample_size * factor if height is None else height
     width = pipe.unet.config.sample_size * factor if width is None else width
-    _check_image_size("height", height, factor)
-    _check_image_size("width", width, factor)
+    check_image_size("height", height, factor)
+    check_image_size("width", width, factor)
 
     config = pipe.scheduler.config
     alphas_cumprod = pipe.scheduler.alphas_cumprod

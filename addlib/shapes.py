@@ -4,6 +4,12 @@ Every image is one coloured shape of some size at some position on a coloured ba
 caption written from a fixed template and with the attribute labels it was drawn from::
 
     "a small red circle at the top left on a blue background"   labels = (shape, color, size, position, background)
+    "a red circle on a blue background"                         the same image, as make_shapes captions it
+
+Like real captions, ``make_shapes``' captions leave things out: each attribute but the shape is left out
+with probability ``OMIT_PROB``. This matters for the whole course. A prompt that leaves many images possible
+is what one-step sampling finds hard: a single denoising step predicts the *average* of those images, a blur
+of every colour and place the prompt allows, and that blur is what adversarial distillation removes.
 
 That is enough to make text-to-image generation a real task (the caption decides what must appear) while
 staying small enough to train on a laptop. It also makes quality measurable: an attribute classifier reads
@@ -83,6 +89,8 @@ _CHUNK = 2048  # images rendered at once: bounds memory to a few (2048, H, W) fl
 
 _NUM_DRAWS = 14  # shape, color, size, position, background, radius, x, y, 3 shape channels, 3 background channels
 _GOLDEN_GAMMA = np.uint64(0x9E3779B97F4A7C15)
+_CAPTION_STREAM = 1  # the draws that leave attributes out of captions, apart from those that draw the image
+OMIT_PROB = 0.5  # the chance that a caption leaves out each attribute but the shape
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -92,13 +100,14 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _uniforms(seed: int, indices: np.ndarray) -> np.ndarray:
+def _uniforms(seed: int, indices: np.ndarray, stream: int = 0) -> np.ndarray:
     """Uniform float64s in [0, 1), shape (N, _NUM_DRAWS): the random draws of images ``indices`` under ``seed``.
 
     This is SplitMix64 itself, jumped straight to step ``index * _NUM_DRAWS + draw`` of the sequence that
-    starts at ``splitmix64(seed)``; a hash of a counter, so any image's draws cost the same to reach.
+    starts at ``splitmix64(seed)``; a hash of a counter, so any image's draws cost the same to reach. Another
+    ``stream`` gives independent draws for the same images.
     """
-    key = _splitmix64(np.array([seed], dtype=np.uint64))
+    key = _splitmix64(np.array([seed], dtype=np.uint64) ^ np.uint64(stream) * _GOLDEN_GAMMA)
     counters = indices.astype(np.uint64)[:, None] * np.uint64(_NUM_DRAWS) + np.arange(_NUM_DRAWS, dtype=np.uint64)
     bits = _splitmix64(counters * _GOLDEN_GAMMA + key)
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53  # the top 53 bits fill a double's mantissa
@@ -227,14 +236,15 @@ def _check_resolution(resolution: int) -> int:
 
 
 def make_shapes(
-    num_images: int, seed: int = 0, resolution: int = 32, *, start: int = 0
+    num_images: int, seed: int = 0, resolution: int = 32, *, start: int = 0, omit_prob: float = OMIT_PROB
 ) -> tuple[torch.Tensor, list[str], torch.Tensor]:
     """Images ``start .. start + num_images - 1`` of the shapes world under ``seed``.
 
     Returns ``(images, captions, labels)``: images (N, 3, resolution, resolution) float32 in [-1, 1],
     their N captions, and labels (N, 5) int64, each row the indices of the image's values in ``ATTRIBUTES``
-    (shape, color, size, position, background). Image ``i`` depends only on ``(seed, i)``, so
-    ``make_shapes(100, seed)`` is the first 100 images of ``make_shapes(10_000, seed)``.
+    (shape, color, size, position, background). Each caption leaves out each attribute but the shape with
+    probability ``omit_prob`` (0 names all five); the labels always hold all five. Image ``i`` depends only on
+    ``(seed, i)``, so ``make_shapes(100, seed)`` is the first 100 images of ``make_shapes(10_000, seed)``.
     """
     num_images = _check_index(num_images, "num_images")
     seed = _check_index(seed, "seed")
@@ -242,8 +252,17 @@ def make_shapes(
     resolution = _check_resolution(resolution)
     if start + num_images > 2**64:
         raise ValueError(f"start + num_images must be at most 2**64, got {start + num_images}")
+    if not 0 <= omit_prob <= 1:
+        raise ValueError(f"omit_prob must be a probability in [0, 1], got {omit_prob!r}")
     scenes = _draw_scenes(seed, start, num_images)
-    captions = [caption(labels_to_attributes(row)) for row in scenes.labels.tolist()]
+    # One draw per attribute; the shape's is ignored, so every caption names a noun.
+    u = _uniforms(seed, np.arange(start, start + num_images, dtype=np.uint64), _CAPTION_STREAM)
+    named = (u[:, : len(ATTRIBUTES)] >= omit_prob).tolist()
+    captions = [
+        caption({name: value for (name, value), keep in zip(labels_to_attributes(row).items(), mask)
+                 if keep or name == "shape"})
+        for row, mask in zip(scenes.labels.tolist(), named)
+    ]
     return _render(scenes, resolution), captions, scenes.labels
 
 
@@ -283,17 +302,29 @@ def labels_to_attributes(labels: torch.Tensor | Sequence[int]) -> dict[str, str]
 
 
 def caption(attributes: dict[str, str]) -> str:
-    """The template caption of a full attribute dict.
+    """The template caption of an attribute dict: size, colour, shape, position phrase, background.
 
-    E.g. ``"a large green square in the center on a black background"``: size, colour, shape, position phrase,
-    background. Every attribute must be given; :func:`parse_caption` is the inverse.
+    E.g. ``"a large green square in the center on a black background"``, or ``"an orange circle"`` for
+    ``{"shape": "circle", "color": "orange"}``: any attribute but the shape may be left out.
+    :func:`parse_caption` is the inverse.
     """
-    for name, values in ATTRIBUTES.items():
-        if attributes[name] not in values:
-            raise ValueError(f"unknown {name} {attributes[name]!r}; choose one of {', '.join(values)}")
-    shape, color, size, position, background = (attributes[name] for name in ATTRIBUTES)
-    article = "an" if background[0] in "aeiou" else "a"  # "on an orange background"
-    return f"a {size} {color} {shape} {_POSITION_PHRASES[position]} on {article} {background} background"
+    if "shape" not in attributes:
+        raise ValueError(f"a caption needs a shape ({_CHOICES['shape']}); got only {attributes}")
+    for name, value in attributes.items():
+        if name not in ATTRIBUTES:
+            raise ValueError(f"unknown attribute {name!r}; the attributes are {', '.join(ATTRIBUTES)}")
+        if value not in ATTRIBUTES[name]:
+            raise ValueError(f"unknown {name} {value!r}; choose one of {_CHOICES[name]}")
+    words = [attributes.get("size"), attributes.get("color"), attributes["shape"],
+             _POSITION_PHRASES.get(attributes.get("position"))]
+    if "background" in attributes:
+        words.append(f"on {_article(attributes['background'])} {attributes['background']} background")
+    text = " ".join(word for word in words if word)
+    return f"{_article(text)} {text}"
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"  # "an orange circle", "on an orange background"
 
 
 # --- Parsing captions ---------------------------------------------------------------------------------------

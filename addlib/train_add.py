@@ -3,7 +3,9 @@
     python -m addlib.train_add                          # the miniature student: data/student, run folder runs/add
     python -m addlib.train_add --resume                 # go on from the last checkpoint after an interruption
     python -m addlib.train_add --distillation-weight 0 --out runs/adv-only --run-dir runs/adv-only-run
-    accelerate launch -m addlib.train_add ...           # the same loop on several GPUs or processes
+    accelerate launch --multi_gpu -m addlib.train_add ...               # the same loop on several GPUs
+    ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m addlib.train_add   # ... or on two CPU processes (gloo)
+    python -m addlib.train_add --lora-rank 8 --gradient-checkpointing --mixed-precision fp16   # a 16 GB card
 
 Each step follows the paper's Fig. 2 and section 3:
 
@@ -14,7 +16,13 @@ Each step follows the paper's Fig. 2 and section 3:
 3. generator update: L = L_adv^G(decode(z_theta)) + lambda * L_distill(z_theta), lambda = 2.5
    (:mod:`addlib.discriminator`, :mod:`addlib.distillation`);
 4. discriminator update: the hinge loss on x0 against decode(z_theta), plus gamma * R1 on the real features;
-5. an exponential moving average of the student's weights, which is what gets exported.
+5. an exponential moving average of the student's weights, which is what gets exported, as a diffusers pipeline
+   whose ``LCMScheduler`` samples as ADD does: predict x0, noise it afresh to the next student timestep.
+
+For small GPUs: ``lora_rank`` trains a low-rank adapter (Hu et al., 2022) on the UNet's attention projections
+instead of every weight (peft), merged into the UNet on export; ``gradient_checkpointing`` recomputes the UNet's
+activations in the backward pass; ``tiny_vae`` decodes the student's latents to pixels, for both losses, with a
+small ``AutoencoderTiny`` instead of the teacher's VAE.
 
 Every random number of step ``s`` on process ``p`` comes from a generator seeded with ``(seed, s, p)`` and the
 images are ``make_shapes(..., start=(s * processes + p) * batch_size)``, so a resumed run repeats exactly what
@@ -36,16 +44,21 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
-from addlib.discriminator import ProjectedDiscriminator, discriminator_loss, hinge_generator_loss, paired_generators
+from addlib.discriminator import (
+    ProjectedDiscriminator,
+    discriminator_loss,
+    hinge_generator_loss,
+    load_dinov2,
+    paired_generators,
+)
 from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise
-from addlib.miniature import DATA_DIR, TEACHER_DIR, load_pipeline, save_tokenizer_files
-from addlib.sampling import encode_prompts, text_encoder_output
+from addlib.miniature import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR, load_pipeline, load_tiny_vae, save_tokenizer_files
+from addlib.sampling import check_image_size, encode_prompts, text_encoder_output
 from addlib.shapes import make_shapes
 from addlib.train_teacher import step_generator
 
-STUDENT_DIR = DATA_DIR / "student"
 ADD_SEED = 2  # the shapes seed of ADD training: the teacher's is 0, the evaluators' 1, the references' 7
 
 
@@ -55,6 +68,8 @@ class Config:
     teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
     steps: int = 2000
     batch_size: int = 32
+    resolution: int = 32  # of the shapes images trained on
+    omit_prob: float = 0.5  # captions leave out each attribute but the shape this often, as the teacher's did
     student_timesteps: str = "999,749,499,249"  # T_student, the paper's four
     # the generator (student) and its loss
     lr: float = 1e-5
@@ -66,14 +81,19 @@ class Config:
     # the discriminator
     discriminator_lr: float = 1e-3
     r1_weight: float = 10.0  # gamma
-    discriminator_layers: str = "1,3,5"  # blocks of the feature network that get a head
+    feature_network: str = "miniature"  # the shipped tiny ViT, or a DINOv2 hub id (facebook/dinov2-small)
+    discriminator_layers: str = "1,3,5"  # blocks of the feature network that get a head (DINOv2-S: 2,5,8,11)
     augment: str = "translation"  # DiffAugment policy; the miniature keeps only what leaves captions true
     # both optimisers: Adam with beta1 = 0, as GANs since StyleGAN
     adam_beta1: float = 0.0
     adam_beta2: float = 0.99
     grad_clip: float = 1.0
     checkpoint_every: int = 250
+    # memory
     mixed_precision: str = "no"  # "fp16" or "bf16" on a GPU
+    lora_rank: int = 0  # 0 trains every UNet weight; r > 0 a rank-r LoRA on the attention projections
+    gradient_checkpointing: bool = False
+    tiny_vae: str = ""  # "" decodes with the teacher's VAE; "miniature" (data/tiny_vae), or a folder or hub id
 
     def timesteps(self) -> list[int]:
         """T_student as integers, checked: distinct, in [0, 999], from high to low."""
@@ -95,6 +115,35 @@ class Config:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.adversarial_weight == 0 and self.distillation_weight == 0:
             raise ValueError("both loss weights are 0: the student would learn nothing")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be 0 (train every weight) or a positive rank, got {self.lora_rank}")
+
+
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers' LoRA scripts
+
+
+class TrainableParameters(torch.nn.Module):
+    """The trainable parameters of ``model`` as a module of their own: what a checkpoint must hold (a LoRA
+    student's adapters, not its frozen base) and what the EMA averages. The tensors are ``model``'s own, so
+    loading a state dict into this loads it into ``model``; ``copy=True`` clones them instead (the EMA)."""
+
+    def __init__(self, model: torch.nn.Module, copy: bool = False):
+        super().__init__()
+        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
+        self.params = torch.nn.ParameterList(
+            torch.nn.Parameter(p.detach().clone(), requires_grad=False) if copy else p
+            for name, p in model.named_parameters() if p.requires_grad)
+
+    @torch.no_grad()
+    def lerp_(self, other: TrainableParameters, weight: float) -> None:
+        for mine, theirs in zip(self.params, other.params):
+            mine.lerp_(theirs, weight)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        parameters = dict(model.named_parameters())
+        for name, value in zip(self.names, self.params):
+            parameters[name].copy_(value)
 
 
 class ADDTrainer:
@@ -107,88 +156,129 @@ class ADDTrainer:
         self.teacher = load_pipeline(TEACHER_DIR if config.teacher == "miniature" else config.teacher, device=device)
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
             part.requires_grad_(False)
-        torch.manual_seed(config.seed)  # the discriminator heads' initial weights
-        self.student = copy.deepcopy(self.teacher.unet).requires_grad_(True)
-        self.ema = copy.deepcopy(self.student).requires_grad_(False)
+        check_image_size("resolution", config.resolution, 2 ** (len(self.teacher.vae.config.block_out_channels) - 1))
+        torch.manual_seed(config.seed)  # the discriminator heads' and LoRA's initial weights
+        self.student = make_student(self.teacher.unet, config)
+        self.trainable = TrainableParameters(self.student)
+        self.ema = TrainableParameters(self.student, copy=True)
+        self.decoder = self.teacher.vae
+        if config.tiny_vae:
+            self.decoder = load_tiny_vae(TINY_VAE_DIR if config.tiny_vae == "miniature" else config.tiny_vae, device)
         layers = [int(v) for v in config.discriminator_layers.split(",")]
         augment = tuple(p for p in config.augment.split(",") if p)
-        text_dim = self.teacher.text_encoder.config.projection_dim
-        self.discriminator = ProjectedDiscriminator(load_feature_network().to(device), layers, text_dim,
-                                                    augment=augment)
+        text_dim = self.teacher.text_encoder.config.hidden_size  # of the pooled output
+        # Not handed to accelerate.prepare: DDP would hide the methods R1 needs, and the heads' gradients
+        # are averaged across processes by hand (see step).
+        miniature = config.feature_network == "miniature"
+        features = load_feature_network() if miniature else load_dinov2(config.feature_network)
+        self.discriminator = ProjectedDiscriminator(features, layers, text_dim, augment=augment).to(device)
         betas = (config.adam_beta1, config.adam_beta2)
-        self.student_optimizer = torch.optim.Adam(self.student.parameters(), lr=config.lr, betas=betas)
+        self.student_optimizer = torch.optim.Adam(self.trainable.parameters(), lr=config.lr, betas=betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.heads.parameters(),
                                                         lr=config.discriminator_lr, betas=betas)
-        (self.student, self.discriminator, self.student_optimizer, self.discriminator_optimizer) = accelerator.prepare(
-            self.student, self.discriminator, self.student_optimizer, self.discriminator_optimizer)
+        self.student, self.student_optimizer, self.discriminator_optimizer = accelerator.prepare(
+            self.student, self.student_optimizer, self.discriminator_optimizer)
         self.student_timesteps = torch.tensor(config.timesteps())
         with torch.no_grad():
             self.empty = encode_prompts(self.teacher, [""])
 
     def modules(self) -> dict:
-        unwrap = self.accelerator.unwrap_model
-        return {"student": unwrap(self.student), "ema": self.ema, "heads": unwrap(self.discriminator).heads}
+        return {"student": self.trainable, "ema": self.ema, "heads": self.discriminator.heads}
 
     def optimizers(self) -> dict:
         return {"student": self.student_optimizer, "discriminator": self.discriminator_optimizer}
 
+    def replica_difference(self) -> float:
+        """The largest difference, across processes, of a checksum of the student and the heads: 0 when every
+        replica holds the same weights, as data-parallel training must keep them."""
+        checksum = torch.stack([torch.stack([p.double().sum(), p.double().pow(2).sum()])
+                                for p in [*self.trainable.params, *self.discriminator.heads.parameters()]]).sum(0)
+        gathered = self.accelerator.gather(checksum.to(self.accelerator.device)[None])  # (processes, 2)
+        return (gathered - gathered[0]).abs().max().item()
+
     def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
         """This process's real images (B, 3, H, W) and captions for ``step``: fresh images every step."""
         index = step * self.accelerator.num_processes + self.accelerator.process_index
-        images, captions, _ = make_shapes(self.config.batch_size, self.config.seed, start=index * self.config.batch_size)
+        config = self.config
+        images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution,
+                                          start=index * config.batch_size, omit_prob=config.omit_prob)
         return images.to(self.accelerator.device), captions
 
-    def step(self, step: int) -> dict[str, float]:
-        """One generator and one discriminator update; returns the losses for the log."""
-        config, accelerator, teacher = self.config, self.accelerator, self.teacher
-        generator = step_generator(config.seed, step * accelerator.num_processes + accelerator.process_index, 3)
+    def inputs(self, step: int) -> dict:
+        """What step ``step`` draws and encodes before any loss: the real images and their latents z0, the
+        student timesteps and noise, the text and image embeddings, and the generator that goes on to draw
+        the losses' randomness. ``generator_loss(**inputs)`` takes all of it but the images."""
+        teacher, accelerator = self.teacher, self.accelerator
+        generator = step_generator(self.config.seed, step * accelerator.num_processes + accelerator.process_index, 3)
         images, captions = self.batch(step)
         with torch.no_grad():
             posterior = teacher.vae.encode(images).latent_dist
             latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(images)
             latents = latents * teacher.vae.config.scaling_factor
             encoded = text_encoder_output(teacher, captions)  # one call: tokens for the UNets, pooled for D
-            text, pooled = encoded[0], encoded.pooler_output
-            image_embedding = accelerator.unwrap_model(self.discriminator).image_embedding(images)
+            image_embedding = self.discriminator.image_embedding(images)
         pick = torch.randint(len(self.student_timesteps), (len(images),), generator=generator)
-        timesteps = self.student_timesteps[pick].to(images.device)
-        noise = torch.randn(latents.shape, generator=generator).to(latents)
-        noisy = add_noise(latents, noise, timesteps, teacher.scheduler.alphas_cumprod.to(latents.device))
+        return {"images": images, "latents": latents, "timesteps": self.student_timesteps[pick].to(images.device),
+                "noise": torch.randn(latents.shape, generator=generator).to(latents), "text": encoded[0],
+                "pooled": encoded.pooler_output, "image_embedding": image_embedding, "generator": generator}
 
-        # The generator update: fool the heads, and follow the teacher.
+    def step(self, step: int) -> dict[str, float]:
+        """One generator and one discriminator update; returns the losses for the log."""
+        config, accelerator = self.config, self.accelerator
+        inputs = self.inputs(step)
+        images, generator = inputs.pop("images"), inputs["generator"]
+
+        # The generator update. The heads pass gradients to the fakes but need none of their own here.
+        self.discriminator.heads.requires_grad_(False)
         with accelerator.autocast():
-            x_theta = denoise(self.student, teacher.scheduler, noisy, timesteps, text)[0]
-            fake = decode_latents(teacher, x_theta)
-            adversarial = distill = torch.zeros((), device=images.device)
-            if config.adversarial_weight:
-                logits = self.discriminator(fake, pooled, image_embedding, paired_generators(generator)[0])
-                adversarial = hinge_generator_loss(logits)
-            if config.distillation_weight:
-                distill = distillation_loss(teacher, x_theta, text, weighting=config.weighting,
-                                            guidance_scale=config.teacher_guidance_scale, uncond_embeds=self.empty,
-                                            generator=generator, student_images=fake)
-            loss = config.adversarial_weight * adversarial + config.distillation_weight * distill
+            loss, (adversarial, distill), fake = self.generator_loss(**inputs)
         self._check_finite(loss, "student", step)
         self.student_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(self.student.parameters(), config.grad_clip)
+        accelerator.clip_grad_norm_(self.trainable.parameters(), config.grad_clip)
         self.student_optimizer.step()
 
         # The discriminator update, on the same real images and the fakes just made.
         stats = {}
+        self.discriminator.heads.requires_grad_(True)
         if config.adversarial_weight:
             with accelerator.autocast():
-                d_loss, stats = discriminator_loss(self.discriminator, images, fake.detach(), pooled,
-                                                   image_embedding, config.r1_weight, generator)
+                d_loss, stats = discriminator_loss(self.discriminator, images, fake.detach(), inputs["pooled"],
+                                                   inputs["image_embedding"], config.r1_weight, generator)
             self._check_finite(d_loss, "discriminator", step)
             self.discriminator_optimizer.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
+            for p in self.discriminator.heads.parameters():
+                p.grad = accelerator.reduce(p.grad, "mean")
             self.discriminator_optimizer.step()
 
-        with torch.no_grad():
-            for ema, live in zip(self.ema.parameters(), accelerator.unwrap_model(self.student).parameters()):
-                ema.lerp_(live, 1 - config.ema_decay)
+        self.ema.lerp_(self.trainable, 1 - config.ema_decay)
         return {"adversarial": adversarial.item(), "distillation": distill.item(), **stats}
+
+    def generator_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
+                       pooled: torch.Tensor, image_embedding: torch.Tensor, generator: torch.Generator) -> tuple:
+        """ADD's generator objective for real latents z0 (B, 4, h, w), ``noise`` and student ``timesteps`` (B,):
+        L = adversarial_weight * L_adv^G + distillation_weight * L_distill (Fig. 2; lambda = 2.5).
+
+        The student sees x_s = alpha_s z0 + sigma_s eps and predicts x_theta in one step; both losses judge
+        x_theta decoded to pixels. ``text`` (B, L, D) conditions the UNets, ``pooled`` (B, D) and
+        ``image_embedding`` (B, C) the heads. ``generator`` draws the fakes' augmentation first, then L_distill's
+        teacher timesteps and noise. Returns ``(L, (L_adv^G, L_distill), fake images)``.
+        """
+        config, teacher = self.config, self.teacher
+        noisy = add_noise(latents, noise, timesteps, teacher.scheduler.alphas_cumprod.to(latents.device))
+        x_theta = denoise(self.student, teacher.scheduler, noisy, timesteps, text)[0]
+        fake = decode_latents(teacher, x_theta, self.decoder)
+        adversarial = distill = torch.zeros((), device=latents.device)
+        if config.adversarial_weight:
+            logits = self.discriminator(fake, pooled, image_embedding, paired_generators(generator)[0])
+            adversarial = hinge_generator_loss(logits)
+        if config.distillation_weight:
+            distill = distillation_loss(teacher, x_theta, text, weighting=config.weighting,
+                                        guidance_scale=config.teacher_guidance_scale, uncond_embeds=self.empty,
+                                        generator=generator, student_images=fake, vae=self.decoder)
+        loss = config.adversarial_weight * adversarial + config.distillation_weight * distill
+        return loss, (adversarial, distill), fake
 
     def _check_finite(self, loss: torch.Tensor, which: str, step: int) -> None:
         if not torch.isfinite(loss):
@@ -207,6 +297,10 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
 
     def checkpoint() -> None:
         state["seconds"] = time.perf_counter() - started
+        state["replica_max_difference"] = trainer.replica_difference()
+        if state["replica_max_difference"]:
+            raise RuntimeError(f"the {accelerator.num_processes} processes hold different weights at step "
+                               f"{state['step']} (checksums differ by {state['replica_max_difference']})")
         if accelerator.is_main_process:
             save_checkpoint(run_dir, trainer.modules(), trainer.optimizers(), state)
         accelerator.wait_for_everyone()
@@ -226,12 +320,50 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         export(trainer, state, out)
 
 
+def make_student(unet: torch.nn.Module, config: Config) -> torch.nn.Module:
+    """The student: a copy of the teacher's UNet (Table 1c), all trainable or, with ``lora_rank``, frozen but
+    for a LoRA on its attention projections (initialised so the student starts as the teacher)."""
+    student = copy.deepcopy(unet).requires_grad_(config.lora_rank == 0)
+    if config.lora_rank:
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise ImportError("a LoRA student needs peft: pip install peft") from None
+        student.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
+                                       target_modules=list(LORA_TARGETS)))
+    if config.gradient_checkpointing:
+        student.enable_gradient_checkpointing()
+    student.train()
+    return student
+
+
+def student_pipeline(trainer: ADDTrainer):
+    """The teacher's pipeline with the EMA student as its UNet (a LoRA merged in) and an ``LCMScheduler`` that
+    samples as ADD does: x0 from the UNet, noised afresh to the next timestep, the last step returning x0.
+
+    Its ``original_inference_steps`` is the number of student timesteps, so ``num_inference_steps`` 1, 2 and 4
+    walk T_student's grid (999; 999, 499; 999, 749, 499, 249), as :func:`addlib.sampling.sample` with
+    ``sampler="add"`` does. LCM's boundary condition c_skip(t) is below 1e-7 at every t >= 249: a no-op here.
+    """
+    from diffusers import LCMScheduler
+
+    pipe = copy.copy(trainer.teacher)  # a shallow copy: the teacher's modules are shared, only the UNet is swapped
+    unet = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.student))
+    trainer.ema.copy_to(unet)
+    if trainer.config.lora_rank:
+        unet.fuse_lora()
+        unet.unload_lora()
+    scheduler = LCMScheduler.from_config(trainer.teacher.scheduler.config,
+                                         original_inference_steps=len(trainer.student_timesteps))
+    pipe.register_modules(unet=unet.requires_grad_(False).eval(), scheduler=scheduler)
+    return pipe
+
+
 def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
     """Save the student (the EMA weights) as an ordinary diffusers pipeline folder, with its recipe."""
-    pipe = copy.deepcopy(trainer.teacher)
-    pipe.unet.load_state_dict(trainer.ema.state_dict())
+    pipe = copy.deepcopy(student_pipeline(trainer)).to(torch.float16)  # a copy: the teacher stays as it is
     out.mkdir(parents=True, exist_ok=True)
-    pipe.to(torch.float16).save_pretrained(out, safe_serialization=True)
+    pipe.save_pretrained(out, safe_serialization=True)
     save_tokenizer_files(out / "tokenizer")
     recipe = {
         "command": command_line("addlib.train_add", state["config"]),
@@ -240,6 +372,7 @@ def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
         "device": str(trainer.accelerator.device) + (
             "" if torch.cuda.is_available() else f" ({torch.get_num_threads()} threads)"),
         "processes": trainer.accelerator.num_processes,
+        "replica_max_difference": state["replica_max_difference"],
         "final_losses": state["log"][-10:],
         "torch": torch.__version__,
     }

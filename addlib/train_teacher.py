@@ -10,8 +10,9 @@ Two stages, as Stable Diffusion was built (Rombach et al., 2022, section 3):
    the same idea in the shipped tiny ViT's features (``python -m addlib.train_evaluators`` trains it first).
    Without it small shapes come back as blobs whose outline the classifier cannot read;
 2. with the VAE frozen, the text encoder and the UNet learn to denoise latents conditioned on the caption,
-   with v-prediction on a zero-terminal-SNR schedule (Salimans & Ho, 2022; Lin et al., 2024), captions
-   dropped 10% of the time so classifier-free guidance works (Ho & Salimans, 2022), and an EMA of the UNet.
+   with v-prediction on a zero-terminal-SNR schedule (Salimans & Ho, 2022; Lin et al., 2024), on captions
+   that leave attributes out as real captions do (``omit_prob``), captions dropped 10% of the time so
+   classifier-free guidance works (Ho & Salimans, 2022), and an EMA of the UNet.
 
 Every random number of step ``s`` comes from a generator seeded with ``(seed, s)`` and the images are
 ``make_shapes(..., start=s * batch_size)``, so a resumed run repeats exactly what an uninterrupted one does.
@@ -57,6 +58,7 @@ class Config:
     batch_size: int = 64
     lr: float = 5e-4
     warmup_steps: int = 250
+    omit_prob: float = 0.5  # captions leave out each attribute but the shape this often (see addlib.shapes)
     uncond_prob: float = 0.1
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -180,7 +182,8 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         generator = step_generator(config.seed, step, stage=2)
         # Images of stage 2 come after those of stage 1, so no image is seen twice.
         start = config.vae_steps * config.vae_batch_size + step * config.batch_size
-        images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution, start=start)
+        images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution, start=start,
+                                          omit_prob=config.omit_prob)
         for group in unet_opt.param_groups:
             group["lr"] = lr_at(step, config.unet_steps, config.lr, config.warmup_steps)
         loss = denoising_loss(pipe, images, captions, generator, config)

@@ -224,3 +224,36 @@ def test_r1_checker(capsys):
         checks.check_r1_penalty(lambda z, f: r1_right(z, f, square=False))
     with pytest.raises(checks.CheckFailed, match="create_graph=True"):
         checks.check_r1_penalty(lambda z, f: r1_right(z, f, create_graph=False))
+
+
+def generator_right(trainer, latents, noise, timesteps, text, pooled, image_embedding, generator,
+                    lam=2.5, adv=1.0, detach=False):
+    from addlib.discriminator import hinge_generator_loss, paired_generators
+    from addlib.distillation import decode_latents, distillation_loss
+
+    teacher = trainer.teacher
+    abar = teacher.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+    v = trainer.student(noisy, timesteps, encoder_hidden_states=text).sample
+    x_theta = abar.sqrt() * noisy - (1 - abar).sqrt() * v
+    fake = decode_latents(teacher, x_theta)
+    judged = fake.detach() if detach else fake
+    adversarial = hinge_generator_loss(trainer.discriminator(judged, pooled, image_embedding,
+                                                             paired_generators(generator)[0]))
+    distill = distillation_loss(teacher, x_theta, text, guidance_scale=3.0, uncond_embeds=trainer.empty,
+                                generator=generator)
+    return adv * adversarial + lam * distill
+
+
+def test_generator_loss_checker(capsys):
+    from accelerate import Accelerator
+
+    from addlib.train_add import ADDTrainer, Config
+
+    trainer = ADDTrainer(Config(batch_size=2), Accelerator())
+    checks.check_generator_loss(generator_right, trainer)
+    assert capsys.readouterr().out.strip() == "✓ generator_loss passes all 2 cases"
+    with pytest.raises(checks.CheckFailed, match="lambda = 2.5 weights the distillation loss"):
+        checks.check_generator_loss(lambda *a: generator_right(*a, lam=1.0, adv=2.5), trainer)
+    with pytest.raises(checks.CheckFailed, match="the fakes were detached"):
+        checks.check_generator_loss(lambda *a: generator_right(*a, detach=True), trainer)

@@ -5,6 +5,7 @@ import torch
 
 from addlib.shapes import (
     ATTRIBUTES,
+    OMIT_PROB,
     BACKGROUNDS,
     COLORS,
     POSITION_CENTERS,
@@ -170,14 +171,32 @@ def test_caption_template():
     assert caption(attributes) == "a small red circle at the top left on a blue background"
     with pytest.raises(ValueError, match="'pink'"):
         caption(attributes | {"color": "pink"})
+    assert caption({"shape": "circle", "color": "orange"}) == "an orange circle"
+    assert caption({"shape": "triangle", "background": "orange"}) == "a triangle on an orange background"
+    with pytest.raises(ValueError, match="needs a shape"):
+        caption({"color": "red"})
 
 
 def test_captions_round_trip_through_parse_caption(world):
     _, captions, labels = world
     for text, label in zip(captions[:300], labels[:300]):
-        assert parse_caption(text) == labels_to_attributes(label)
-        assert caption(parse_caption(text)) == text
+        named = parse_caption(text)
+        assert "shape" in named and named.items() <= labels_to_attributes(label).items()
+        assert caption(named) == text
         assert set(text.split()) <= set(VOCABULARY)
+
+
+def test_captions_leave_attributes_out_at_omit_prob(world):
+    images, captions, labels = world
+    full_images, full_captions, full_labels = make_shapes(len(captions), seed=7, omit_prob=0)
+    assert torch.equal(images, full_images) and torch.equal(labels, full_labels)  # only the captions change
+    assert all(parse_caption(t) == labels_to_attributes(l) for t, l in zip(full_captions[:300], full_labels))
+    named = [parse_caption(text) for text in captions]
+    for name in ATTRIBUTES:
+        share = sum(name in attributes for attributes in named) / len(named)
+        assert share == 1 if name == "shape" else abs(share - (1 - OMIT_PROB)) < 0.03, (name, share)
+    with pytest.raises(ValueError, match="omit_prob"):
+        make_shapes(2, omit_prob=1.5)
 
 
 def test_vocabulary_is_sorted_and_complete():

@@ -1,12 +1,22 @@
 """The ADD training loop on the miniature: exact resume, NaN stops, bad configurations. Tiny step counts."""
 
+import argparse
 import json
+import os
+import shlex
+import subprocess
+import sys
 
 import pytest
+import torch
+from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from addlib import train_add
-from addlib.train_add import Config, train
+from addlib.checkpoints import add_config_options, command_line
+from addlib.miniature import load_pipeline
+from addlib.sampling import sample
+from addlib.train_add import ADDTrainer, Config, student_pipeline, train
 
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 
@@ -28,6 +38,20 @@ def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call
     assert recipe["command"].startswith("python -m addlib.train_add") and recipe["config"]["steps"] == 4
 
 
+def test_resume_with_another_configuration_is_refused_and_keeps_the_checkpoint(tmp_path):
+    train(Config(steps=2, batch_size=2, checkpoint_every=1), tmp_path / "out", tmp_path / "run")
+    before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
+    with pytest.raises(ValueError, match=r"another configuration .*'lr': \(1e-05, 0.001\)"):
+        train(Config(steps=2, batch_size=2, checkpoint_every=1, lr=1e-3), tmp_path / "out", tmp_path / "run",
+              resume=True)
+    assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
+
+
+def test_image_size_the_vae_cannot_take_is_refused():
+    with pytest.raises(ValueError, match="resolution 30 is not a positive multiple of the VAE's downsampling factor 4"):
+        ADDTrainer(Config(resolution=30), Accelerator())
+
+
 def test_nan_stops_with_a_clear_message(tmp_path, monkeypatch):
     real_loss = train_add.distillation_loss
     monkeypatch.setattr(train_add, "distillation_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
@@ -43,3 +67,67 @@ def test_bad_student_timesteps_are_refused(timesteps, message, capsys):
     assert "student_timesteps" in capsys.readouterr().err
     with pytest.raises(ValueError, match=message):
         Config(student_timesteps=timesteps).check()
+
+
+def test_the_exported_pipeline_samples_as_add_with_diffusers_own_call(tmp_path):
+    train(Config(steps=1, batch_size=2), tmp_path / "student", tmp_path / "run")
+    pipe = load_pipeline(tmp_path / "student")
+    assert type(pipe.scheduler).__name__ == "LCMScheduler"
+    prompts = ["a red circle", "a large square on a blue background"]
+    for steps in (1, 2, 4):
+        ours = sample(pipe, prompts, steps, sampler="add", seed=3)
+        theirs = pipe(prompts, num_inference_steps=steps, guidance_scale=0, output_type="pt",
+                      generator=torch.Generator().manual_seed(3)).images * 2 - 1  # diffusers' [0, 1] to [-1, 1]
+        torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_lora_student_trains_only_its_adapters_and_exports_a_plain_unet(tmp_path):
+    config = Config(steps=2, batch_size=2, lora_rank=4)
+    trainer = ADDTrainer(config, Accelerator())
+    base = {k: v.clone() for k, v in trainer.teacher.unet.state_dict().items()}
+    assert all("lora" in name for name in trainer.trainable.names) and len(trainer.trainable.names) > 0
+    x = torch.randn(2, 4, 8, 8)
+    text = torch.randn(2, 16, trainer.teacher.text_encoder.config.hidden_size)
+    with torch.no_grad():  # LoRA's B starts at zero: the student starts as the teacher
+        torch.testing.assert_close(trainer.student(x, 500, text).sample, trainer.teacher.unet(x, 500, text).sample)
+    trainer.step(0)
+    trainer.step(1)
+    unet = student_pipeline(trainer).unet
+    assert not any("lora" in k or "base_layer" in k for k in unet.state_dict())
+    assert all(torch.equal(v, trainer.teacher.unet.state_dict()[k]) for k, v in base.items())  # teacher untouched
+    changed = [k for k, v in unet.state_dict().items() if not torch.equal(v, base[k])]
+    assert changed and all(any(t in k for t in train_add.LORA_TARGETS) for k in changed)
+    with torch.no_grad():  # the merged UNet computes what the EMA adapters on the base do
+        reference = trainer.accelerator.unwrap_model(trainer.student)
+        trainer.trainable.load_state_dict(trainer.ema.state_dict())
+        torch.testing.assert_close(unet(x, 500, text).sample, reference(x, 500, text).sample, atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_checkpointing_changes_memory_not_results(tmp_path):
+    train(Config(steps=2, batch_size=2), tmp_path / "plain", tmp_path / "run_plain")
+    train(Config(steps=2, batch_size=2, gradient_checkpointing=True), tmp_path / "ckpt", tmp_path / "run_ckpt")
+    plain = load_file(tmp_path / "run_plain" / "checkpoint.safetensors")
+    checkpointed = load_file(tmp_path / "run_ckpt" / "checkpoint.safetensors")
+    for key in plain:
+        torch.testing.assert_close(checkpointed[key], plain[key], atol=1e-6, rtol=1e-5)
+
+
+def test_two_processes_keep_identical_replicas(tmp_path):
+    """Data-parallel training over gloo on two CPU processes, started by torchrun, which is what `accelerate
+    launch --multi_gpu` runs on several GPUs (accelerate's own multi-CPU launcher needs MPI)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "addlib.train_add", "--steps", "2", "--batch-size", "2", "--checkpoint-every", "1",
+               "--out", str(tmp_path / "student"), "--run-dir", str(tmp_path / "run")]
+    environment = os.environ | {"ACCELERATE_USE_CPU": "1"}  # as accelerate's launcher sets it with --cpu
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    recipe = json.loads((tmp_path / "student" / "recipe.json").read_text())
+    assert recipe["processes"] == 2 and recipe["replica_max_difference"] == 0.0
+
+
+def test_recipe_command_repeats_the_configuration():
+    config = Config(steps=7, gradient_checkpointing=True, tiny_vae="", augment="translation,cutout")
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, Config)
+    words = shlex.split(command_line("addlib.train_add", config.__dict__))[3:]
+    assert Config(**vars(parser.parse_args(words))) == config

@@ -1,0 +1,113 @@
+"""Train a tiny VAE for the miniature: TAESD's recipe, an ``AutoencoderTiny`` that imitates the teacher's VAE.
+
+    python -m addlib.train_tiny_vae                  # the shipped recipe: data/tiny_vae, run folder runs/tiny_vae
+    python -m addlib.train_tiny_vae --resume         # go on from the last checkpoint after an interruption
+
+Stable Diffusion's VAE decoder is the most memory-hungry part of a step that decodes to pixels (ADD's
+discriminator and pixel-space distillation loss) and a large part of every streamed frame's time. TAESD
+(Bohan, 2023) replaces it with plain convolutions trained to imitate it. Here, on the teacher VAE's scaled
+latents z of shapes images:
+
+- the decoder learns ``decode_tiny(z) ~ decode_vae(z)``, with z also nudged off the images' latents by a
+  little noise, since students and streams hand the decoder latents that are not exactly a real image's;
+- the encoder learns ``encode_tiny(x) ~ z``, the posterior mean, scaled.
+
+Squared errors, AdamW with a warmed-up cosine learning rate; the shapes seed is 3 (the teacher's is 0, the
+evaluators' 1, ADD's 2, the references' 7). ``python -m addlib.bench teacher`` measures the result as its
+"tiny VAE round trip" row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderTiny
+from tqdm.auto import tqdm
+
+from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
+from addlib.miniature import TEACHER_DIR, TINY_VAE_CONFIG, TINY_VAE_DIR, load_pipeline
+from addlib.shapes import make_shapes
+from addlib.train_teacher import lr_at, step_generator
+
+
+@dataclass
+class Config:
+    seed: int = 3  # the shapes seed of tiny-VAE training
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2e-3
+    warmup_steps: int = 100
+    latent_noise: float = 0.3  # each latent is nudged by noise of a std drawn from [0, latent_noise]
+    checkpoint_every: int = 500
+
+
+def tiny_vae_loss(tiny: AutoencoderTiny, vae, images: torch.Tensor, generator: torch.Generator,
+                  config: Config) -> torch.Tensor:
+    """Squared error of the tiny decoder to the VAE's decoding, plus of the tiny encoder to the VAE's latents."""
+    with torch.no_grad():
+        posterior = vae.encode(images).latent_dist
+        scale = vae.config.scaling_factor
+        latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)) * scale
+        std = config.latent_noise * torch.rand(len(images), 1, 1, 1, generator=generator)
+        latents = latents + std * torch.randn(latents.shape, generator=generator)
+        target = vae.decode(latents / scale).sample
+    decoded = tiny.decode(latents).sample
+    encoded = tiny.encode(images).latents
+    return F.mse_loss(decoded, target) + F.mse_loss(encoded, posterior.mean * scale)
+
+
+def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
+    vae = load_pipeline(TEACHER_DIR, device="cpu").vae.requires_grad_(False)
+    torch.manual_seed(config.seed)
+    tiny = AutoencoderTiny(**TINY_VAE_CONFIG)
+    optimizer = torch.optim.AdamW(tiny.parameters(), lr=config.lr)
+    state = {"config": dataclasses.asdict(config), "step": 0, "seconds": 0.0, "log": []}
+    if resume:
+        state = resume_checkpoint(run_dir, {"tiny": tiny}, {"tiny": optimizer}, state["config"])
+    started = time.perf_counter() - state["seconds"]
+
+    def checkpoint() -> None:
+        state["seconds"] = time.perf_counter() - started
+        save_checkpoint(run_dir, {"tiny": tiny}, {"tiny": optimizer}, state)
+
+    progress = tqdm(range(state["step"], config.steps), desc="tiny VAE", initial=state["step"], total=config.steps)
+    for step in progress:
+        images, _, _ = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
+        loss = tiny_vae_loss(tiny, vae, images, step_generator(config.seed, step, stage=4), config)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"the tiny VAE loss became {loss.item()} at step {step}; the last good "
+                                     f"checkpoint is in {run_dir}: lower --lr and rerun with --resume")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        state["step"] = step + 1
+        if step % 50 == 0:
+            state["log"].append({"step": step, "loss": loss.item()})
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        if state["step"] % config.checkpoint_every == 0:
+            checkpoint()
+    checkpoint()
+    tiny.save_pretrained(out, safe_serialization=True)
+    recipe = {"command": command_line("addlib.train_tiny_vae", state["config"]), "config": state["config"],
+              "minutes": round(state["seconds"] / 60, 1), "device": f"cpu ({torch.get_num_threads()} threads)",
+              "parameters": sum(p.numel() for p in tiny.parameters()),
+              "final_losses": [e["loss"] for e in state["log"][-10:]], "torch": torch.__version__}
+    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m addlib.train_tiny_vae", description=__doc__.split("\n\n")[0])
+    train(*parse_run_arguments(parser, argv, Config, TINY_VAE_DIR, Path("runs/tiny_vae")))
+
+
+if __name__ == "__main__":
+    main()
