@@ -217,6 +217,18 @@ def _no_loading_bars():
         transformers_logging.enable_progress_bar()
 
 
+@contextmanager
+def quiet_diffusers():
+    """diffusers' notices and progress bars off for one load or save, back to what they were after."""
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        with _no_loading_bars():
+            yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+
+
 def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
     """Load a diffusers Stable Diffusion folder or hub id, with one-line errors for the common failures.
@@ -255,7 +267,8 @@ def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | 
     id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        with _no_loading_bars():
+        # diffusers' AutoencoderTiny writes block_out_channels into its own config, then warns on reading it back.
+        with quiet_diffusers():
             vae = AutoencoderTiny.from_pretrained(path, use_safetensors=True)
     except (OSError, SafetensorError):
         where = "a folder with config.json and its weights" if Path(path).exists() else "from the hub (no network?)"

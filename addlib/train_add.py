@@ -44,6 +44,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
+from addlib.datasets import ImageCaptionFolder
 from addlib.discriminator import (
     ProjectedDiscriminator,
     discriminator_loss,
@@ -54,30 +55,39 @@ from addlib.discriminator import (
 from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise
-from addlib.miniature import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR, load_pipeline, load_tiny_vae, save_tokenizer_files
+from addlib.miniature import (
+    STUDENT_DIR,
+    TEACHER_DIR,
+    TINY_VAE_DIR,
+    load_pipeline,
+    load_tiny_vae,
+    quiet_diffusers,
+    save_tokenizer_files,
+)
 from addlib.sampling import check_image_size, encode_prompts, text_encoder_output
 from addlib.shapes import make_shapes
 from addlib.train_teacher import step_generator
 
-ADD_SEED = 2  # the shapes seed of ADD training: the teacher's is 0, the evaluators' 1, the references' 7
+ADD_SEED = 2  # the shapes seed of ADD training: the teacher's is 0, the evaluators' 1, the tiny VAE's 3
 
 
 @dataclass
 class Config:
     seed: int = ADD_SEED
     teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
-    steps: int = 2000
+    steps: int = 3000
     batch_size: int = 32
-    resolution: int = 32  # of the shapes images trained on
-    omit_prob: float = 0.5  # captions leave out each attribute but the shape this often, as the teacher's did
+    dataset: str = "shapes"  # the shapes world, or an image-caption folder (addlib.datasets)
+    resolution: int = 32  # of the training images
+    omit_prob: float = 0.5  # shapes captions leave out each attribute but the shape this often, as the teacher's
     student_timesteps: str = "999,749,499,249"  # T_student, the paper's four
     # the generator (student) and its loss
-    lr: float = 1e-5
+    lr: float = 5e-5  # the paper's 1e-5 is for SD's 865M parameters; this UNet has 8.6M
     adversarial_weight: float = 1.0  # 0 trains with distillation alone (the ablation)
     distillation_weight: float = 2.5  # lambda; 0 trains with the adversarial loss alone
     weighting: str = "exponential"  # c(t) of L_distill: exponential, sds or nfsd
     teacher_guidance_scale: float = 3.0
-    ema_decay: float = 0.99
+    ema_decay: float = 0.995
     # the discriminator
     discriminator_lr: float = 1e-3
     r1_weight: float = 10.0  # gamma
@@ -157,6 +167,9 @@ class ADDTrainer:
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
             part.requires_grad_(False)
         check_image_size("resolution", config.resolution, 2 ** (len(self.teacher.vae.config.block_out_channels) - 1))
+        self.dataset = None
+        if config.dataset != "shapes":
+            self.dataset = ImageCaptionFolder(config.dataset, config.resolution, self.teacher.tokenizer)
         torch.manual_seed(config.seed)  # the discriminator heads' and LoRA's initial weights
         self.student = make_student(self.teacher.unet, config)
         self.trainable = TrainableParameters(self.student)
@@ -200,8 +213,11 @@ class ADDTrainer:
         """This process's real images (B, 3, H, W) and captions for ``step``: fresh images every step."""
         index = step * self.accelerator.num_processes + self.accelerator.process_index
         config = self.config
-        images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution,
-                                          start=index * config.batch_size, omit_prob=config.omit_prob)
+        if self.dataset is not None:
+            images, captions = self.dataset.batch(index * config.batch_size, config.batch_size, config.seed)
+        else:
+            images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution,
+                                              start=index * config.batch_size, omit_prob=config.omit_prob)
         return images.to(self.accelerator.device), captions
 
     def inputs(self, step: int) -> dict:
@@ -361,9 +377,10 @@ def student_pipeline(trainer: ADDTrainer):
 
 def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
     """Save the student (the EMA weights) as an ordinary diffusers pipeline folder, with its recipe."""
-    pipe = copy.deepcopy(student_pipeline(trainer)).to(torch.float16)  # a copy: the teacher stays as it is
     out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(out, safe_serialization=True)
+    with quiet_diffusers():  # diffusers warns on any .to(float16) and draws a bar for a one-file save
+        pipe = copy.deepcopy(student_pipeline(trainer)).to(torch.float16)  # a copy: the teacher stays as it is
+        pipe.save_pretrained(out, safe_serialization=True)
     save_tokenizer_files(out / "tokenizer")
     recipe = {
         "command": command_line("addlib.train_add", state["config"]),

@@ -257,3 +257,37 @@ def test_generator_loss_checker(capsys):
         checks.check_generator_loss(lambda *a: generator_right(*a, lam=1.0, adv=2.5), trainer)
     with pytest.raises(checks.CheckFailed, match="the fakes were detached"):
         checks.check_generator_loss(lambda *a: generator_right(*a, detach=True), trainer)
+
+
+def renoise_right(x0, prev, noise, alphas_cumprod, last_is_x0=True):
+    abar = alphas_cumprod[prev.clamp(min=0)].view(-1, 1, 1, 1)
+    noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    return torch.where((prev < 0).view(-1, 1, 1, 1), x0, noisy) if last_is_x0 else noisy
+
+
+def test_renoise_checker(capsys):
+    checks.check_renoise(renoise_right)
+    assert capsys.readouterr().out.strip() == "✓ renoise passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match="return x0 itself"):
+        checks.check_renoise(lambda *a: renoise_right(*a, last_is_x0=False))
+
+
+def test_lora_parameter_count_checker(teacher, capsys):
+    def right(unet, rank, targets):
+        layers = [m for name, m in unet.named_modules()
+                  if isinstance(m, torch.nn.Linear) and any(name.endswith(t) for t in targets)]
+        return sum(rank * (m.in_features + m.out_features) for m in layers)
+
+    checks.check_lora_parameter_count(right, teacher.unet)
+    assert capsys.readouterr().out.strip() == "✓ lora_parameter_count passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match="r \\* \\(in \\+ out\\) parameters, not r \\* in"):
+        checks.check_lora_parameter_count(lambda u, r, t: right(u, r, t) - sum(
+            r * m.out_features for n, m in u.named_modules() if isinstance(m, torch.nn.Linear)
+            and any(n.endswith(x) for x in t)), teacher.unet)
+
+
+def test_training_memory_checker(capsys):
+    checks.check_training_memory(lambda frozen, trainable, b: (frozen + trainable) * b + 12 * trainable)
+    assert capsys.readouterr().out.strip() == "✓ training_memory passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match="you counted 8"):
+        checks.check_training_memory(lambda frozen, trainable, b: (frozen + trainable) * b + 8 * trainable)

@@ -16,6 +16,7 @@ from addlib import train_add
 from addlib.checkpoints import add_config_options, command_line
 from addlib.miniature import load_pipeline
 from addlib.sampling import sample
+from addlib.shapes import make_shapes
 from addlib.train_add import ADDTrainer, Config, student_pipeline, train
 
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
@@ -131,3 +132,35 @@ def test_recipe_command_repeats_the_configuration():
     add_config_options(parser, Config)
     words = shlex.split(command_line("addlib.train_add", config.__dict__))[3:]
     assert Config(**vars(parser.parse_args(words))) == config
+
+
+def write_folder(folder, captions):
+    from PIL import Image
+
+    folder.mkdir()
+    images, _, _ = make_shapes(len(captions), seed=5, resolution=48)
+    lines = []
+    for i, (image, text) in enumerate(zip(images, captions)):
+        pixels = ((image.permute(1, 2, 0) + 1) * 127.5).round().clamp(0, 255).byte().numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        lines.append(json.dumps({"file_name": f"{i}.png", "text": text}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_an_image_caption_folder_trains_like_the_shapes(tmp_path):
+    write_folder(tmp_path / "data", ["a red circle", "a blue square", "a triangle"])
+    config = Config(steps=2, batch_size=2, dataset=str(tmp_path / "data"))
+    trainer = ADDTrainer(config, Accelerator())
+    images, captions = trainer.batch(0)
+    assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
+    assert set(captions) <= {"a red circle", "a blue square", "a triangle"}
+    again = [trainer.batch(step)[1] for step in range(3)]  # two epochs of three: each image once per epoch
+    assert sorted(again[0] + again[1][:1]) == ["a blue square", "a red circle", "a triangle"]
+    assert again == [trainer.batch(step)[1] for step in range(3)]
+    trainer.step(0)
+
+
+def test_a_caption_too_long_for_the_tokenizer_is_refused_with_its_line(tmp_path):
+    write_folder(tmp_path / "data", ["a red circle", "a a a a a small red circle at the top left on a blue background"])
+    with pytest.raises(ValueError, match="metadata.jsonl line 2: prompt .* tokens but the tokenizer allows 16"):
+        ADDTrainer(Config(dataset=str(tmp_path / "data")), Accelerator())

@@ -1,0 +1,80 @@
+"""Image-caption folders: your own training data for ADD, in the layout diffusers' training scripts read.
+
+    my_data/
+        metadata.jsonl       one line per image: {"file_name": "0001.png", "text": "a photo of a red bicycle"}
+        0001.png
+        ...
+
+This is the ``imagefolder`` layout of Hugging Face ``datasets``, read here with Pillow alone. Images are
+converted to RGB, resized so the short side is ``resolution`` and centre-cropped to a square, then scaled to
+[-1, 1], as Stable Diffusion's training scripts do. Every caption is checked against the tokenizer when the
+folder is opened, so a caption too long for the text encoder fails before training starts, naming its line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from addlib.miniature import check_prompts
+
+
+class ImageCaptionFolder(torch.utils.data.Dataset):
+    """``folder``'s images and captions; item ``i`` is ``{"pixel_values": (3, R, R) in [-1, 1], "caption": str}``."""
+
+    def __init__(self, folder: str | Path, resolution: int, tokenizer) -> None:
+        self.folder, self.resolution = Path(folder), resolution
+        metadata = self.folder / "metadata.jsonl"
+        if not metadata.exists():
+            raise FileNotFoundError(f"{self.folder} has no metadata.jsonl; write one line per image, e.g. "
+                                    f'{{"file_name": "0001.png", "text": "a red circle"}}')
+        self.items = []
+        for number, line in enumerate(metadata.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                file_name, text = entry["file_name"], entry["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ValueError(f"{metadata} line {number} is not a JSON object with \"file_name\" and \"text\": "
+                                 f"{line[:80]!r}") from None
+            if not (self.folder / file_name).exists():
+                raise FileNotFoundError(f"{metadata} line {number} names {file_name!r}, which is not in {self.folder}")
+            try:
+                check_prompts(tokenizer, [text])
+            except ValueError as error:
+                raise ValueError(f"{metadata} line {number}: {error}") from None
+            self.items.append((file_name, text))
+        if not self.items:
+            raise ValueError(f"{metadata} lists no images")
+
+    def batch(self, start: int, size: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """Items ``start .. start + size - 1`` of an endless stream of epochs, each a fresh shuffle under ``seed``:
+        (images (size, 3, R, R), captions). Like ``make_shapes``' ``start``, it makes a resumed run exact."""
+        items = []
+        for position in range(start, start + size):
+            epoch, index = divmod(position, len(self))
+            order = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+            items.append(self[int(order[index])])
+        return torch.stack([item["pixel_values"] for item in items]), [item["caption"] for item in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        from PIL import Image
+
+        file_name, text = self.items[index]
+        with Image.open(self.folder / file_name) as image:
+            image = image.convert("RGB")
+            scale = self.resolution / min(image.size)
+            width = max(self.resolution, round(image.width * scale))
+            height = max(self.resolution, round(image.height * scale))
+            image = image.resize((width, height), Image.Resampling.BICUBIC)
+            left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
+            image = image.crop((left, top, left + self.resolution, top + self.resolution))
+            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
+        return {"pixel_values": pixels.permute(2, 0, 1), "caption": text}
