@@ -42,7 +42,7 @@ def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call
 def test_resume_with_another_configuration_is_refused_and_keeps_the_checkpoint(tmp_path):
     train(Config(steps=2, batch_size=2, checkpoint_every=1), tmp_path / "out", tmp_path / "run")
     before = (tmp_path / "run" / "checkpoint.safetensors").read_bytes()
-    with pytest.raises(ValueError, match=r"another configuration .*'lr': \(1e-05, 0.001\)"):
+    with pytest.raises(ValueError, match=rf"another configuration .*'lr': \({Config.lr}, 0.001\)"):
         train(Config(steps=2, batch_size=2, checkpoint_every=1, lr=1e-3), tmp_path / "out", tmp_path / "run",
               resume=True)
     assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
