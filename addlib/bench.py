@@ -91,9 +91,8 @@ def _sampled_row(pipe, prompts, reference, classifier, steps: int, guidance: flo
             "s/image": f"{seconds:.4f}"}
 
 
-def _round_trip_row(name: str, encode, decode, real, prompts, reference, classifier) -> dict:
-    with torch.no_grad():
-        images = decode(encode(real)).clamp(-1, 1)
+def _unsampled_row(name: str, images, prompts, reference, classifier) -> dict:
+    """A row for images no sampler made (real ones, VAE round trips): quality only."""
     return {"model": name, "steps": "-", "guidance": "-", **_quality_row(images, prompts, reference, classifier),
             "s/image": "-"}
 
@@ -107,16 +106,14 @@ def bench_teacher(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     pipe, classifier = load_pipeline(args.model), load_attribute_classifier()
     real, prompts, reference = _evaluation_set(args.num_images)
-    vae = pipe.vae
-    rows = [{"model": "real images", "steps": "-", "guidance": "-",
-             **_quality_row(real, prompts, reference, classifier), "s/image": "-"},
-            # The VAE alone, no diffusion: the ceiling of anything decoded by it.
-            _round_trip_row("VAE round trip", lambda x: vae.encode(x).latent_dist.mean,
-                            lambda z: vae.decode(z).sample, real, prompts, reference, classifier)]
-    if args.model == str(TEACHER_DIR) and TINY_VAE_DIR.exists():
-        tiny = load_tiny_vae(device=pipe.device)
-        rows.append(_round_trip_row("tiny VAE round trip", lambda x: tiny.encode(x).latents,
-                                    lambda z: tiny.decode(z).sample, real, prompts, reference, classifier))
+    with torch.no_grad():  # the VAE alone, no diffusion: the ceiling of anything decoded by it
+        round_trips = {"VAE round trip": pipe.vae.decode(pipe.vae.encode(real).latent_dist.mean).sample}
+        if args.model == str(TEACHER_DIR) and TINY_VAE_DIR.exists():
+            tiny = load_tiny_vae(device=pipe.device)
+            round_trips["tiny VAE round trip"] = tiny.decode(tiny.encode(real).latents).sample
+    rows = [_unsampled_row("real images", real, prompts, reference, classifier),
+            *(_unsampled_row(name, images.clamp(-1, 1), prompts, reference, classifier)
+              for name, images in round_trips.items())]
     for guidance in args.guidance_scales:
         for steps in args.steps:
             rows.append({"model": "teacher", **_sampled_row(pipe, prompts, reference, classifier, steps, guidance,
@@ -135,8 +132,7 @@ def bench_add(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
     real, prompts, reference = _evaluation_set(args.num_images)
-    rows = [{"model": "real images", "steps": "-", "guidance": "-",
-             **_quality_row(real, prompts, reference, classifier), "s/image": "-"}]
+    rows = [_unsampled_row("real images", real, prompts, reference, classifier)]
     for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance)):
         rows.append({"model": "teacher (DDIM)", **_sampled_row(teacher, prompts, reference, classifier, steps,
                                                                 guidance, args.seed)})
