@@ -6,6 +6,7 @@ Run a subcommand from the repository root, e.g.::
     python -m addlib.bench shapes --num-images 1000 --resolutions 32
     python -m addlib.bench teacher                             # quality and speed against sampling steps
     python -m addlib.bench add                                 # the ADD student against the teacher
+    python -m addlib.bench stream                              # streaming: naive loop, Stream Batch, filter, tiny VAE
 
 One function per subcommand; each builds a list of rows (dicts with the same keys) and hands it to
 :func:`print_table`, so the tables in the notebooks and docs can be pasted straight from the terminal.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from addlib.miniature import STUDENT_DIR, TEACHER_DIR
+from addlib.miniature import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
 from addlib.shapes import ATTRIBUTES, make_shapes
 
 
@@ -101,7 +102,7 @@ def bench_teacher(args: argparse.Namespace) -> None:
     """Quality and wall time of the teacher against DDIM steps, with and without guidance (notebook 02)."""
     from addlib.evaluators import load_attribute_classifier
     from addlib.metrics import REFERENCE_SEED
-    from addlib.miniature import TINY_VAE_DIR, load_pipeline, load_tiny_vae
+    from addlib.miniature import load_pipeline, load_tiny_vae
 
     torch.manual_seed(0)
     pipe, classifier = load_pipeline(args.model), load_attribute_classifier()
@@ -155,6 +156,10 @@ def bench_add(args: argparse.Namespace) -> None:
         print(f"(no ablation student in {folder}: train it with the command in docs/benchmarks.md)")
 
 
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
 def _print_add_bars(rows: list[dict]) -> None:
     """Issue 5's bars: student at 1 step within 0.03 accuracy and 1.5x FID of the teacher at 25 guided steps;
     student at 4 steps at least as good as it on both."""
@@ -163,16 +168,143 @@ def _print_add_bars(rows: list[dict]) -> None:
         return float(row["joint acc"]), float(row["shapes-FID"])
     accuracy, fid = figures("teacher (DDIM)", 25)
     one, four = figures("ADD student", 1), figures("ADD student", 4)
-    verdict = lambda ok: "met" if ok else "MISSED"  # noqa: E731
     print(f"\nstudent 1 step: accuracy {one[0]:.3f} vs teacher {accuracy:.3f} (bar: within 0.03): "
-          f"{verdict(one[0] >= accuracy - 0.03)}; FID {one[1]:.1f} vs {fid:.1f} (bar: at most 1.5x = "
-          f"{1.5 * fid:.1f}): {verdict(one[1] <= 1.5 * fid)}")
+          f"{_verdict(one[0] >= accuracy - 0.03)}; FID {one[1]:.1f} vs {fid:.1f} (bar: at most 1.5x = "
+          f"{1.5 * fid:.1f}): {_verdict(one[1] <= 1.5 * fid)}")
     print(f"student 4 steps: accuracy {four[0]:.3f}, FID {four[1]:.1f} (bar: at least the teacher's on both): "
-          f"{verdict(four[0] >= accuracy and four[1] <= fid)}")
+          f"{_verdict(four[0] >= accuracy and four[1] <= fid)}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line and run the chosen benchmark."""
+def _synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def frames_per_second(make, frames: torch.Tensor, repeats: int = 1, device: torch.device | str = "cpu") -> tuple[float, list]:
+    """Frames per second of the best of ``repeats`` passes of a fresh ``make()`` over ``frames``, and the first
+    pass's outputs. ``make`` does its set-up (prepare, warm-up) untimed and returns ``frame -> output``."""
+    best, outputs = float("inf"), None
+    with torch.no_grad():
+        for _ in range(repeats):
+            process = make()
+            _synchronize(device)
+            start = time.perf_counter()
+            results = [process(frame) for frame in frames]
+            _synchronize(device)
+            best = min(best, time.perf_counter() - start)
+            outputs = outputs or results
+    return len(frames) / best, outputs
+
+
+def compute_bound(pipe, vae, rows: int, timestep: int):
+    """The least a stream must compute per frame: VAE encode, one UNet call on ``rows`` latents, VAE decode, on
+    fixed tensors with no pipeline code around them."""
+    from addlib.sampling import encode_prompts
+
+    device = pipe.device  # looked up once: a pipeline's device walks every module
+    cond = encode_prompts(pipe, [""]).expand(rows, -1, -1)
+    t = torch.full((rows,), timestep, device=device)
+
+    def process(frame):
+        encoded = vae.encode(frame[None].to(device))
+        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mean
+        output = pipe.unet(latents.expand(rows, -1, -1, -1), t, encoder_hidden_states=cond).sample
+        return vae.decode(output[-1:]).sample
+
+    return lambda: process
+
+
+def _max_difference(outputs: list, reference: list, latency: int) -> float:
+    """The largest difference between a stream's outputs and a reference's; output k + latency is of frame k."""
+    return max((outputs[k + latency] - reference[k]).abs().max().item() for k in range(len(reference) - latency))
+
+
+def bench_stream(args: argparse.Namespace) -> list[dict]:
+    """Frames per second and latency of streaming img2img (notebook 07): a naive diffusers loop, the stream
+    class with each of StreamDiffusion's techniques, and the compute bound they approach (issue bars below).
+    Returns the table's rows, for a plot."""
+    from addlib.miniature import load_pipeline, load_tiny_vae
+    from addlib.shapes import moving_shapes
+    from addlib.stream import StreamDiffusion, diffusers_img2img
+
+    torch.manual_seed(0)
+    pipe = load_pipeline(args.model)
+    device = pipe.device
+    moving, _ = moving_shapes(args.num_frames, resolution=args.resolution, index=args.scene)
+    static, _ = moving_shapes(args.num_frames, resolution=args.resolution, index=args.scene, hold=args.hold)
+    one, many = [args.t_index], args.t_index_list
+    timesteps = {len(one): StreamDiffusion(pipe, one).timesteps, len(many): StreamDiffusion(pipe, many).timesteps}
+    streams = []  # every stream built, for the filter's count of skipped frames
+
+    def stream(t_index_list, batch=True, vae=None, threshold=None):
+        def make():
+            s = StreamDiffusion(pipe, t_index_list, use_denoising_batch=batch, vae=vae, seed=args.seed)
+            s.prepare(args.prompt)
+            s.warmup(moving[0])
+            if threshold is not None:
+                s.enable_similarity_filter(threshold, args.max_skip_frame)
+            streams.append(s)
+            return s
+        return make
+
+    def naive(t_index_list):
+        return lambda: diffusers_img2img(pipe, args.prompt, timesteps[len(t_index_list)], seed=args.seed)
+
+    rows = []
+
+    def measure(name, t_index_list, make, frames=moving, rows_per_call=1, calls=1, latency=0, reference=None):
+        fps, outputs = frames_per_second(make, frames, args.repeats, device)
+        difference = "-" if reference is None else f"{_max_difference(outputs, reference, latency):.1e}"
+        rows.append({"setup": name, "timesteps": ",".join(str(int(t)) for t in timesteps[len(t_index_list)]),
+                     "UNet calls/frame": calls, "rows/call": rows_per_call, "fps": f"{fps:.1f}",
+                     "ms/frame": f"{1000 / fps:.2f}", "latency (frames)": latency, "max abs diff vs naive": difference})
+        return outputs
+
+    t0 = int(timesteps[1][0])
+    measure("compute bound: encode + UNet + decode", one, compute_bound(pipe, pipe.vae, 1, t0))
+    measure(f"compute bound, {len(many)} UNet rows", many, compute_bound(pipe, pipe.vae, len(many), t0),
+            rows_per_call=len(many))
+    reference = measure("naive diffusers img2img loop", one, naive(one))
+    measure("stream", one, stream(one), reference=reference)
+    reference = measure("naive diffusers img2img loop", many, naive(many), calls=len(many))
+    measure("stream, no Stream Batch", many, stream(many, batch=False), calls=len(many), reference=reference)
+    measure("stream, Stream Batch", many, stream(many), rows_per_call=len(many), latency=len(many) - 1,
+            reference=reference)
+    measure("stream, static clip", one, stream(one), frames=static)
+    measure("stream + similarity filter, static clip", one, stream(one, threshold=args.threshold), frames=static)
+    skipped = streams[-1].skipped_frames / args.num_frames
+    rows[-1]["setup"] += f" ({skipped:.0%} skipped)"
+    if args.tiny_vae:
+        tiny = load_tiny_vae(args.tiny_vae, device=device)
+        measure("compute bound, tiny VAE", one, compute_bound(pipe, tiny, 1, t0))
+        measure("stream + tiny VAE", one, stream(one, vae=tiny))
+    print(f"{args.num_frames} frames of {args.resolution}x{args.resolution} moving shapes (static clip: the shape "
+          f"moves every {args.hold} frames), prompt {args.prompt!r}, seed {args.seed}, best of {args.repeats} "
+          f"passes, {torch.get_num_threads()} threads, {device}, {pipe.unet.dtype}")
+    print_table(rows)
+    _print_stream_bars(rows, skipped)
+    return rows
+
+
+def _print_stream_bars(rows: list[dict], skipped: float) -> None:
+    """Issue 6's bars: the 1-step stream at 90% of the compute bound or more; its outputs equal the naive loop's;
+    Stream Batch faster than the same steps one after another; the filter's speed-up that of the frames skipped."""
+    fps = {row["setup"].split(" (")[0]: float(row["fps"]) for row in rows}
+    bound = fps["stream"] / fps["compute bound: encode + UNet + decode"]
+    print(f"\nstream (1 step): {bound:.0%} of the compute bound (bar: at least 90%): {_verdict(bound >= 0.9)}")
+    differences = [float(row["max abs diff vs naive"]) for row in rows if row["max abs diff vs naive"] != "-"]
+    print(f"outputs against the naive loop: max abs diff {max(differences):.1e} (bar: float tolerance, 1e-4): "
+          f"{_verdict(max(differences) <= 1e-4)}")
+    batch, sequential = fps["stream, Stream Batch"], fps["stream, no Stream Batch"]
+    print(f"Stream Batch: {batch / sequential:.2f}x the same steps one after another (bar: faster): "
+          f"{_verdict(batch > sequential)}")
+    gain, expected = fps["stream + similarity filter, static clip"] / fps["stream, static clip"], 1 / (1 - skipped)
+    print(f"similarity filter on the static clip: {gain:.2f}x fps, {skipped:.0%} skipped, so 1 / (1 - skipped) = "
+          f"{expected:.2f}x expected (bar: within 10%): {_verdict(gain >= 0.9 * expected)}")
+
+
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    """Parse the command line and run the chosen benchmark; a benchmark that returns its rows passes them on."""
     parser = argparse.ArgumentParser(prog="python -m addlib.bench", description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="benchmark", required=True)
 
@@ -199,8 +331,24 @@ def main(argv: list[str] | None = None) -> None:
     add.add_argument("--seed", type=int, default=1)
     add.set_defaults(run=bench_add)
 
+    stream = subcommands.add_parser("stream", help="frames per second and latency of streaming img2img")
+    stream.add_argument("--model", default=str(STUDENT_DIR), help="pipeline folder or hub id")
+    stream.add_argument("--tiny-vae", default=str(TINY_VAE_DIR), help="AutoencoderTiny folder or hub id; '' for none")
+    stream.add_argument("--prompt", default="a blue triangle on a white background")
+    stream.add_argument("--t-index", type=int, default=2, help="the one-step stream's index (2: t = 499)")
+    stream.add_argument("--t-index-list", type=int, nargs="+", default=[1, 2, 3], help="the multi-step stream's")
+    stream.add_argument("--num-frames", type=int, default=100)
+    stream.add_argument("--resolution", type=int, default=32)
+    stream.add_argument("--scene", type=int, default=3, help="which shapes scene moves")
+    stream.add_argument("--hold", type=int, default=10, help="the static clip moves every HOLD frames")
+    stream.add_argument("--threshold", type=float, default=0.98, help="the similarity filter's eta")
+    stream.add_argument("--max-skip-frame", type=int, default=10)
+    stream.add_argument("--repeats", type=int, default=3)
+    stream.add_argument("--seed", type=int, default=0)
+    stream.set_defaults(run=bench_stream)
+
     args = parser.parse_args(argv)
-    args.run(args)
+    return args.run(args)
 
 
 if __name__ == "__main__":

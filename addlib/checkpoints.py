@@ -92,8 +92,9 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
                         run_dir: Path) -> tuple:
     """Parse a training command line: the config's options, then ``--out``, ``--run-dir`` and ``--resume``.
 
-    Returns ``(config, out, run_dir, resume)``. Starting afresh in a run folder that holds a checkpoint is
-    refused, so a finished or interrupted run is never overwritten by accident.
+    Returns ``(config, out, run_dir, resume)``. A config with a ``check()`` method is checked first, so a bad
+    value is the error a user sees. Starting afresh in a run folder that holds a checkpoint is refused, so a
+    finished or interrupted run is never overwritten by accident.
     """
     add_config_options(parser, config_class)
     parser.add_argument("--out", type=Path, default=out, help="where the trained model goes")
@@ -101,6 +102,11 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
     args = vars(parser.parse_args(argv))
     out, run_dir, resume = args.pop("out"), args.pop("run_dir"), args.pop("resume")
+    config = config_class(**args)
+    try:
+        getattr(config, "check", lambda: None)()
+    except ValueError as error:
+        parser.error(str(error))
     if not resume and (run_dir / "checkpoint.json").exists():
         parser.error(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or another --run-dir")
-    return config_class(**args), out, run_dir, resume
+    return config, out, run_dir, resume

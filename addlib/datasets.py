@@ -1,4 +1,5 @@
-"""Image-caption folders: your own training data for ADD, in the layout diffusers' training scripts read.
+"""Image-caption folders: your own training data for ADD, in the layout diffusers' training scripts read; and
+image sequences, your own video for streaming.
 
     my_data/
         metadata.jsonl       one line per image: {"file_name": "0001.png", "text": "a photo of a red bicycle"}
@@ -65,16 +66,35 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
-        from PIL import Image
-
         file_name, text = self.items[index]
-        with Image.open(self.folder / file_name) as image:
-            image = image.convert("RGB")
-            scale = self.resolution / min(image.size)
-            width = max(self.resolution, round(image.width * scale))
-            height = max(self.resolution, round(image.height * scale))
-            image = image.resize((width, height), Image.Resampling.BICUBIC)
-            left, top = (width - self.resolution) // 2, (height - self.resolution) // 2
-            image = image.crop((left, top, left + self.resolution, top + self.resolution))
-            pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
-        return {"pixel_values": pixels.permute(2, 0, 1), "caption": text}
+        return {"pixel_values": load_image(self.folder / file_name, self.resolution), "caption": text}
+
+
+def load_image(path: str | Path, resolution: int) -> torch.Tensor:
+    """The image at ``path`` as (3, R, R) in [-1, 1]: RGB, the short side resized to ``resolution``, the
+    centre cropped to a square."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        scale = resolution / min(image.size)
+        width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+        image = image.resize((width, height), Image.Resampling.BICUBIC)
+        left, top = (width - resolution) // 2, (height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
+    return pixels.permute(2, 0, 1)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def image_sequence(folder: str | Path, resolution: int) -> torch.Tensor:
+    """Every image in ``folder``, in file-name order, as video frames (N, 3, R, R) in [-1, 1] (a clip exported
+    frame by frame, e.g. ``ffmpeg -i clip.mp4 frames/%05d.png``), for :class:`addlib.stream.StreamDiffusion`."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder; export a clip's frames into one first")
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return torch.stack([load_image(path, resolution) for path in paths])

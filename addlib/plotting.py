@@ -37,3 +37,17 @@ def show_images(
                 ax.set_title(textwrap.fill(titles[i], width), fontsize=fontsize)
     fig.tight_layout()
     return fig
+
+
+def to_png(image: torch.Tensor, scale: int = 4) -> bytes:
+    """A (3, H, W) image in [-1, 1] as PNG bytes, enlarged ``scale`` times with square pixels: for an
+    ``ipywidgets.Image`` that shows a stream's frames as they come."""
+    import io
+
+    from PIL import Image
+
+    pixels = (to_display(image) * 255).round().astype("uint8")
+    picture = Image.fromarray(pixels).resize((pixels.shape[1] * scale, pixels.shape[0] * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -293,6 +293,32 @@ class ShapesDataset(torch.utils.data.Dataset):
         return {"pixel_values": images[0], "caption": captions[0], "labels": labels[0]}
 
 
+MOTION_RADIUS = 0.2  # of moving_shapes' circular path, in image widths: a large shape stays in the frame
+
+
+def moving_shapes(num_frames: int, seed: int = 0, resolution: int = 32, *, index: int = 0, period: int = 48,
+                  hold: int = 1) -> tuple[torch.Tensor, str]:
+    """A synthetic video for streaming (notebook 07): scene ``index`` of :func:`make_shapes` under ``seed``, its
+    shape circling the image centre once every ``period`` frames.
+
+    Returns the frames (num_frames, 3, resolution, resolution) in [-1, 1] and the scene's caption without a
+    position (the shape moves). With ``hold`` > 1 the shape moves only every ``hold``-th frame, so a fraction
+    1 - 1/hold of the frames repeat the one before: a mostly static clip, the similarity filter's case.
+    """
+    num_frames = _check_index(num_frames, "num_frames")
+    resolution = _check_resolution(resolution)
+    if not (_is_int(period) and period >= 1 and _is_int(hold) and hold >= 1):
+        raise ValueError(f"period and hold must be positive ints (frames), got {period!r} and {hold!r}")
+    scene = _draw_scenes(_check_index(seed, "seed"), _check_index(index, "index"), 1)
+    phase = 2 * math.pi * (torch.arange(num_frames) // hold * hold) / period
+    centers = 0.5 + MOTION_RADIUS * torch.stack([phase.cos(), phase.sin()], dim=1)
+    frames = _render(_Scenes(scene.labels.expand(num_frames, -1), centers.float(), scene.radii.expand(num_frames),
+                             scene.colors.expand(num_frames, -1), scene.backgrounds.expand(num_frames, -1)), resolution)
+    attributes = labels_to_attributes(scene.labels[0])
+    del attributes["position"]
+    return frames, caption(attributes)
+
+
 def labels_to_attributes(labels: torch.Tensor | Sequence[int]) -> dict[str, str]:
     """The attribute dict of one label vector (5,), e.g. ``{"shape": "circle", "color": "red", ...}``."""
     labels = torch.as_tensor(labels).tolist()

@@ -399,12 +399,7 @@ def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m addlib.train_add", description=__doc__.split("\n\n")[0])
-    config, out, run_dir, resume = parse_run_arguments(parser, argv, Config, STUDENT_DIR, Path("runs/add"))
-    try:
-        config.check()
-    except ValueError as error:
-        parser.error(str(error))
-    train(config, out, run_dir, resume)
+    train(*parse_run_arguments(parser, argv, Config, STUDENT_DIR, Path("runs/add")))
 
 
 if __name__ == "__main__":

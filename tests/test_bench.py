@@ -24,3 +24,15 @@ def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
     assert first_column(out) == ["real images", *["teacher (DDIM)"] * 3, *["ADD student"] * 3, "ablation: student"]
     assert f"no ablation student in {tmp_path / 'missing'}" in out
     assert "student 1 step: accuracy" in out and "student 4 steps: accuracy" in out
+
+
+def test_stream_bench_times_every_setup_and_checks_outputs(capsys):
+    bench.main(["stream", "--num-frames", "6", "--repeats", "1", "--hold", "3"])
+    out = capsys.readouterr().out
+    assert first_column(out)[:3] == ["compute bound: encode + UNet + decode", "compute bound, 3 UNet rows",
+                                     "naive diffusers img2img loop"]
+    assert first_column(out)[-1] == "stream + tiny VAE"
+    differences = [float(line.split("|")[-2]) for line in out.splitlines()
+                   if line.startswith("| ") and line.split("|")[-2].strip() not in ("-", "max abs diff vs naive")]
+    assert len(differences) == 3 and max(differences) < 1e-4  # stream, no Stream Batch, Stream Batch
+    assert "of the compute bound" in out and "similarity filter on the static clip" in out

@@ -291,3 +291,50 @@ def test_training_memory_checker(capsys):
     assert capsys.readouterr().out.strip() == "✓ training_memory passes all 3 cases"
     with pytest.raises(checks.CheckFailed, match="you counted 8"):
         checks.check_training_memory(lambda frozen, trainable, b: (frozen + trainable) * b + 8 * trainable)
+
+
+def stream_batch_right(x0, alpha, sigma, noise, frames, shift=None, finished_first=False, own_alpha=False,
+                       own_noise=False, noisy=True):
+    shift = shift or frames
+    landing = slice(None, -shift) if own_alpha else slice(shift, None)
+    buffer = alpha[landing] * x0[:-shift]
+    if noisy:
+        buffer = buffer + sigma[landing] * (noise[:-shift] if own_noise else noise[shift:])
+    return (x0[:frames] if finished_first else x0[-shift:]), buffer
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (dict(finished_first=True), "the finished frames are the last block"),
+    (dict(own_alpha=True), "moves on to the NEXT block's timestep"),
+    (dict(own_noise=True), "each slot keeps its own fixed noise"),
+    (dict(noisy=False), "add sigma \\* noise"),
+    (dict(shift=1), "shift by `frames` rows everywhere"),
+])
+def test_stream_batch_update_checker(capsys, mistake, hint):
+    checks.check_stream_batch_update(stream_batch_right)
+    assert capsys.readouterr().out.strip() == "✓ stream_batch_update passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_stream_batch_update(lambda *a: stream_batch_right(*a, **mistake))
+
+
+def skip_right(frame, reference, threshold, clamp=True, normalise=True, keep=False, hard=False, dim=None):
+    if dim is None:
+        cos = torch.nn.functional.cosine_similarity(frame.flatten(), reference.flatten(), dim=0).item()
+    else:
+        cos = torch.nn.functional.cosine_similarity(frame, reference, dim=dim).mean().item()
+    if hard:
+        return float(cos > threshold)
+    p = ((1 - cos) if keep else (cos - threshold)) / ((1 - threshold) if normalise else 1)
+    return min(1.0, max(0.0, p)) if clamp else p
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (dict(clamp=False), "never negative"), (dict(normalise=False), "divide by \\(1 - eta\\)"),
+    (dict(keep=True), "probability of \\*processing\\*"), (dict(hard=True), "the filter is stochastic"),
+    (dict(dim=1), "as whole vectors"),
+])
+def test_skip_probability_checker(capsys, mistake, hint):
+    checks.check_skip_probability(skip_right)
+    assert capsys.readouterr().out.strip() == "✓ skip_probability passes all 5 cases"
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_skip_probability(lambda *a: skip_right(*a, **mistake))
