@@ -238,7 +238,8 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
 
     def stream(t_index_list, batch=True, vae=None, threshold=None):
         def make():
-            s = StreamDiffusion(pipe, t_index_list, use_denoising_batch=batch, vae=vae, seed=args.seed)
+            s = StreamDiffusion(pipe, t_index_list, use_denoising_batch=batch, vae=vae, height=args.resolution,
+                                width=args.resolution, seed=args.seed)
             s.prepare(args.prompt)
             s.warmup(moving[0])
             if threshold is not None:
