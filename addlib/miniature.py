@@ -262,6 +262,20 @@ def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | N
     return pipe.to(device)
 
 
+def pipeline_available(path: str | Path) -> bool:
+    """Whether ``path`` is a pipeline folder, or a hub id whose ``model_index.json`` can be fetched (or is in the
+    cache): a check that costs one small file, not the model."""
+    if Path(path).exists():
+        return (Path(path) / "model_index.json").exists()
+    from huggingface_hub import hf_hub_download
+
+    try:
+        hf_hub_download(str(path), "model_index.json")
+        return True
+    except Exception:  # offline, no such repository, a gated one, an invalid id: all mean "not here"
+        return False
+
+
 def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | None = None) -> AutoencoderTiny:
     """A frozen ``AutoencoderTiny``: the miniature's (``python -m addlib.train_tiny_vae``) or a folder or hub
     id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in."""

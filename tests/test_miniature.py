@@ -103,3 +103,11 @@ def test_check_prompts():
     long = "a " * 15 + "red circle"  # every word known, but 19 tokens
     with pytest.raises(ValueError, match=r"is 19 tokens but the tokenizer allows 16; shorten it"):
         check_prompts(tokenizer, [long])
+
+
+def test_pipeline_available_checks_a_folder_or_the_hub_without_loading(tmp_path):
+    from addlib.miniature import TEACHER_DIR, pipeline_available
+
+    assert pipeline_available(TEACHER_DIR)
+    assert not pipeline_available(tmp_path)  # a folder, but no pipeline in it
+    assert not pipeline_available("nota-ai/bk-sdm-tiny")  # the tests run offline (conftest)
