@@ -36,6 +36,7 @@ import copy
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -290,11 +291,23 @@ class ADDTrainer:
             logits = self.discriminator(fake, pooled, image_embedding, paired_generators(generator)[0])
             adversarial = hinge_generator_loss(logits)
         if config.distillation_weight:
-            distill = distillation_loss(teacher, x_theta, text, weighting=config.weighting,
-                                        guidance_scale=config.teacher_guidance_scale, uncond_embeds=self.empty,
-                                        generator=generator, student_images=fake, vae=self.decoder)
+            with self.teacher_without_adapters():
+                distill = distillation_loss(teacher, x_theta, text, weighting=config.weighting,
+                                            guidance_scale=config.teacher_guidance_scale, uncond_embeds=self.empty,
+                                            generator=generator, student_images=fake, vae=self.decoder)
         loss = config.adversarial_weight * adversarial + config.distillation_weight * distill
         return loss, (adversarial, distill), fake
+
+    @contextmanager
+    def teacher_without_adapters(self):
+        """The teacher's UNet as it was trained: a LoRA student shares it, so its adapters are off meanwhile."""
+        if self.config.lora_rank:
+            self.teacher.unet.disable_adapters()
+        try:
+            yield
+        finally:
+            if self.config.lora_rank:
+                self.teacher.unet.enable_adapters()
 
     def _check_finite(self, loss: torch.Tensor, which: str, step: int) -> None:
         if not torch.isfinite(loss):
@@ -337,9 +350,11 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
 
 
 def make_student(unet: torch.nn.Module, config: Config) -> torch.nn.Module:
-    """The student: a copy of the teacher's UNet (Table 1c), all trainable or, with ``lora_rank``, frozen but
-    for a LoRA on its attention projections (initialised so the student starts as the teacher)."""
-    student = copy.deepcopy(unet).requires_grad_(config.lora_rank == 0)
+    """The student, initialised as the teacher (Table 1c): a trainable copy of the teacher's UNet or, with
+    ``lora_rank``, the teacher's UNet *itself* with a LoRA on its attention projections. The LoRA starts at zero,
+    and the teacher's own predictions switch it off (:meth:`ADDTrainer.teacher_without_adapters`), so one UNet
+    sits in memory instead of two."""
+    student = unet if config.lora_rank else copy.deepcopy(unet).requires_grad_(True)
     if config.lora_rank:
         try:
             from peft import LoraConfig

@@ -82,20 +82,25 @@ def test_the_exported_pipeline_samples_as_add_with_diffusers_own_call(tmp_path):
         torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
 
 
-def test_lora_student_trains_only_its_adapters_and_exports_a_plain_unet(tmp_path):
+def test_lora_student_shares_the_teacher_trains_only_adapters_and_exports_a_plain_unet(tmp_path):
     config = Config(steps=2, batch_size=2, lora_rank=4)
     trainer = ADDTrainer(config, Accelerator())
-    base = {k: v.clone() for k, v in trainer.teacher.unet.state_dict().items()}
+    teacher = load_pipeline(device="cpu").unet  # a separate copy, to compare with
+    base = teacher.state_dict()
+    assert trainer.accelerator.unwrap_model(trainer.student) is trainer.teacher.unet  # one UNet in memory
     assert all("lora" in name for name in trainer.trainable.names) and len(trainer.trainable.names) > 0
     x = torch.randn(2, 4, 8, 8)
     text = torch.randn(2, 16, trainer.teacher.text_encoder.config.hidden_size)
     with torch.no_grad():  # LoRA's B starts at zero: the student starts as the teacher
-        torch.testing.assert_close(trainer.student(x, 500, text).sample, trainer.teacher.unet(x, 500, text).sample)
+        torch.testing.assert_close(trainer.student(x, 500, text).sample, teacher(x, 500, text).sample)
     trainer.step(0)
     trainer.step(1)
+    with torch.no_grad(), trainer.teacher_without_adapters():  # the teacher's predictions are the teacher's
+        torch.testing.assert_close(trainer.teacher.unet(x, 500, text).sample, teacher(x, 500, text).sample)
+    with torch.no_grad():  # and with the adapters on, the student has moved
+        assert (trainer.student(x, 500, text).sample - teacher(x, 500, text).sample).abs().max() > 0
     unet = student_pipeline(trainer).unet
     assert not any("lora" in k or "base_layer" in k for k in unet.state_dict())
-    assert all(torch.equal(v, trainer.teacher.unet.state_dict()[k]) for k, v in base.items())  # teacher untouched
     changed = [k for k, v in unet.state_dict().items() if not torch.equal(v, base[k])]
     assert changed and all(any(t in k for t in train_add.LORA_TARGETS) for k in changed)
     with torch.no_grad():  # the merged UNet computes what the EMA adapters on the base do
