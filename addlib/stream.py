@@ -36,7 +36,7 @@ CFG_TYPES = ("none", "full", "self", "initialize")
 
 
 def skip_probability(frame: torch.Tensor, reference: torch.Tensor, threshold: float) -> float:
-    """P(skip) = max(0, (cos - eta) / (1 - eta)) (section 3.4, eq. 9): cos the cosine similarity of the two
+    """P(skip) = max(0, (cos - eta) / (1 - eta)) (section 3.4): cos the cosine similarity of the two
     frames as whole vectors, eta = ``threshold``. Frames less alike than eta are never skipped."""
     cos = torch.nn.functional.cosine_similarity(frame.flatten().float(), reference.flatten().float(), dim=0, eps=1e-6)
     return max(0.0, (cos.item() - threshold) / (1 - threshold))
