@@ -4,17 +4,17 @@ Solution for Real-time Interactive Generation", arXiv 2312.12491), for any diffu
 A naive stream calls the pipeline once per frame: encode the prompt, draw noise, set up the scheduler, run each
 denoising step in turn, decode. :class:`StreamDiffusion` keeps only the network calls:
 
-- **pre-computation** (section 3.5): prompt embeddings, the noise of every slot and the per-timestep
+- **pre-computation**: prompt embeddings, the noise of every slot and the per-timestep
   coefficients alpha_t, sigma_t are computed once in :meth:`StreamDiffusion.prepare` (the embeddings again
   only when the prompt changes, :meth:`StreamDiffusion.update_prompt`);
-- **Stream Batch** (section 3.2): with n timesteps ``t_index_list``, one UNet call on a batch of n latents
+- **Stream Batch**: with n timesteps ``t_index_list``, one UNet call on a batch of n latents
   denoises the newest frame at the first timestep and the frames already in flight at the later ones. A frame
   leaves the pipe n - 1 calls after it entered: the stream's *latency* is (n - 1) * frame_buffer_size frames,
   and until then the buffer holds no frame (:meth:`StreamDiffusion.warmup` fills it);
-- **residual classifier-free guidance** (section 3.3): guidance against a *virtual* negative prediction made
+- **residual classifier-free guidance**: guidance against a *virtual* negative prediction made
   from the noise already in the latent ("self"), or from one real negative UNet row per frame ("initialize"),
   instead of a second UNet pass per step ("full");
-- the **stochastic similarity filter** (section 3.4): a frame too like the last processed one is skipped with
+- the **stochastic similarity filter**: a frame too like the last processed one is skipped with
   probability max(0, (cos - eta) / (1 - eta)), and the previous output is shown again.
 
 Each step of the pipe is ADD's multi-step sampler (:func:`addlib.sampling.renoise_step`), which is also what
@@ -36,7 +36,7 @@ CFG_TYPES = ("none", "full", "self", "initialize")
 
 
 def skip_probability(frame: torch.Tensor, reference: torch.Tensor, threshold: float) -> float:
-    """P(skip) = max(0, (cos - eta) / (1 - eta)) (section 3.4): cos the cosine similarity of the two
+    """P(skip) = max(0, (cos - eta) / (1 - eta)): cos the cosine similarity of the two
     frames as whole vectors, eta = ``threshold``. Frames less alike than eta are never skipped."""
     cos = torch.nn.functional.cosine_similarity(frame.flatten().float(), reference.flatten().float(), dim=0, eps=1e-6)
     return max(0.0, (cos.item() - threshold) / (1 - threshold))
@@ -44,7 +44,7 @@ def skip_probability(frame: torch.Tensor, reference: torch.Tensor, threshold: fl
 
 def stream_batch_update(x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor | None,
                         frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stream Batch's shift after its one UNet call (section 3.2): ``(finished, buffer)``.
+    """Stream Batch's shift after its one UNet call: ``(finished, buffer)``.
 
     ``x0`` (n F, C, h, w) holds the UNet's x0 of every row, in blocks of ``frames`` rows, the newest frames first
     at the first timestep and the oldest last. The last block is finished; every other block moves one block
@@ -58,7 +58,7 @@ def stream_batch_update(x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tens
 
 
 class SimilarityFilter:
-    """StreamDiffusion's stochastic similarity filter (section 3.4): skip a frame with probability
+    """StreamDiffusion's stochastic similarity filter: skip a frame with probability
 
         P(skip) = max(0, (cos - eta) / (1 - eta)),
 
@@ -203,7 +203,7 @@ class StreamDiffusion:
         implies, which the recursion needs. The first ``newest`` rows are the frame(s) that just came in.
 
         With eps' the residual noise, residual CFG takes x0_u = (x - delta * sigma * eps') / alpha as the
-        negative prediction (section 3.3): no UNet pass for it, except "initialize"'s one row per new frame."""
+        negative prediction: no UNet pass for it, except "initialize"'s one row per new frame."""
         g, cond = self.guidance_scale, self.cond.expand(len(x), -1, -1)
         if self.cfg_type == "none" or g == 1:
             return self._x0_and_eps(x, t, cond)[0], None
