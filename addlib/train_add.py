@@ -76,7 +76,7 @@ ADD_SEED = 2  # the shapes seed of ADD training: the teacher's is 0, the evaluat
 class Config:
     seed: int = ADD_SEED
     teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
-    steps: int = 3000
+    steps: int = 1000
     batch_size: int = 32
     dataset: str = "shapes"  # the shapes world, or an image-caption folder (addlib.datasets)
     resolution: int = 32  # of the training images
