@@ -214,7 +214,7 @@ def compute_bound(pipe, vae, rows: int, timestep: int):
     return lambda: process
 
 
-def _max_difference(outputs: list, reference: list, latency: int) -> float:
+def max_difference(outputs: list, reference: list, latency: int = 0) -> float:
     """The largest difference between a stream's outputs and a reference's; output k + latency is of frame k."""
     return max((outputs[k + latency] - reference[k]).abs().max().item() for k in range(len(reference) - latency))
 
@@ -255,7 +255,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
 
     def measure(name, t_index_list, make, frames=moving, rows_per_call=1, calls=1, latency=0, reference=None):
         fps, outputs = frames_per_second(make, frames, args.repeats, device)
-        difference = "-" if reference is None else f"{_max_difference(outputs, reference, latency):.1e}"
+        difference = "-" if reference is None else f"{max_difference(outputs, reference, latency):.1e}"
         rows.append({"setup": name, "timesteps": ",".join(str(int(t)) for t in timesteps[len(t_index_list)]),
                      "UNet calls/frame": calls, "rows/call": rows_per_call, "fps": f"{fps:.1f}",
                      "ms/frame": f"{1000 / fps:.2f}", "latency (frames)": latency, "max abs diff vs naive": difference})

@@ -127,7 +127,6 @@ class StreamDiffusion:
         self.width = width or pipe.unet.config.sample_size * self.factor
         check_image_size("height", self.height, self.factor)
         check_image_size("width", self.width, self.factor)
-        self.t_index_list = t_index_list
         self.timesteps = ddim_timesteps(num_inference_steps)[t_index_list]  # (n,), from high to low
         self.frame_buffer_size, self.use_denoising_batch = frame_buffer_size, use_denoising_batch
         self.cfg_type, self.guidance_scale, self.delta = cfg_type, guidance_scale, delta

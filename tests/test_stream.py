@@ -4,6 +4,7 @@ after another compute, and its options (CFG types, frame buffers, prompt changes
 import pytest
 import torch
 
+from addlib.bench import max_difference
 from addlib.datasets import image_sequence
 from addlib.miniature import STUDENT_DIR, load_pipeline, load_tiny_vae
 from addlib.shapes import moving_shapes
@@ -24,11 +25,6 @@ def clip():
 def run(stream, frames, prompt="a blue triangle"):
     stream.prepare(prompt)
     return [stream(frame) for frame in frames]
-
-
-def max_difference(delayed, reference, latency):
-    """Outputs of a stream ``latency`` frames late against those of one without latency."""
-    return max((delayed[k + latency] - reference[k]).abs().max().item() for k in range(len(reference) - latency))
 
 
 @pytest.mark.parametrize("t_index_list", [[2], [1, 2, 3]])
