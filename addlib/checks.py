@@ -10,6 +10,7 @@ Adding a checker: describe the cases, the reference and the mistakes you expect,
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -59,8 +60,17 @@ def _summary(value) -> str:
     return f"tensor of shape {tuple(value.shape)}, dtype {value.dtype}, first values [{head}, ...]"
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's scalars included
+
+
 def _difference(got, expected: torch.Tensor, atol: float, rtol: float) -> str | None:
-    """Why ``got`` is not ``expected`` (a tensor, or a tuple of them), or None when they agree."""
+    """Why ``got`` is not ``expected`` (a tensor, a tuple of them, or a number), or None when they agree."""
+    if _is_number(expected):  # a count or a probability: compared as a float64 scalar
+        if not (_is_number(got) or isinstance(got, torch.Tensor)):
+            return f"expected a number, got {type(got).__name__}"
+        expected = torch.tensor(float(expected), dtype=torch.float64)
+        got = torch.tensor(float(got), dtype=torch.float64) if _is_number(got) else got
     if isinstance(expected, tuple):
         if not isinstance(got, tuple) or len(got) != len(expected):
             return f"expected a tuple of {len(expected)} tensors, got {type(got).__name__}"
@@ -573,7 +583,7 @@ def check_lora_parameter_count(fn: Callable, unet) -> None:
     def reference(unet, rank, targets):
         adapted = copy.deepcopy(unet)
         adapted.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets)))
-        return torch.tensor(sum(p.numel() for name, p in adapted.named_parameters() if "lora_" in name))
+        return sum(p.numel() for name, p in adapted.named_parameters() if "lora_" in name)
 
     def linears(unet, targets):
         return [m for name, m in unet.named_modules()
@@ -583,15 +593,15 @@ def check_lora_parameter_count(fn: Callable, unet) -> None:
              for rank, targets in ((4, ("to_q", "to_k", "to_v", "to_out.0")), (8, ("to_q", "to_v")), (16, ("to_k",)))]
     run_checks(
         "lora_parameter_count",
-        lambda *args: torch.as_tensor(fn(*args)),
+        fn,
         reference,
         cases,
         mistakes=[
             Mistake("a LoRA of a layer with weight (out, in) is B (out, r) times A (r, in): r * (in + out) "
                     "parameters, not r * in.",
-                    lambda u, r, t: torch.tensor(sum(r * m.in_features for m in linears(u, t)))),
+                    lambda u, r, t: sum(r * m.in_features for m in linears(u, t))),
             Mistake("that is the size of the full weights (out * in); the point of LoRA is r * (in + out), far fewer.",
-                    lambda u, r, t: torch.tensor(sum(m.in_features * m.out_features for m in linears(u, t)))),
+                    lambda u, r, t: sum(m.in_features * m.out_features for m in linears(u, t))),
         ],
         atol=0,
         rtol=0,
@@ -602,7 +612,7 @@ def check_training_memory(fn: Callable) -> None:
     """Check ``fn(frozen, trainable, bytes_per_weight)`` is the bytes of weights, gradients and Adam's moments:
     every weight at ``bytes_per_weight``, and per trainable weight an fp32 gradient and two fp32 moments."""
     def reference(frozen, trainable, bytes_per_weight):
-        return torch.tensor((frozen + trainable) * bytes_per_weight + trainable * 3 * 4, dtype=torch.float64)
+        return (frozen + trainable) * bytes_per_weight + trainable * 3 * 4
 
     cases = [Case("Stable Diffusion 1.5's UNet trained in full: 860M trainable, fp32", (0, 860_000_000, 4)),
              Case("a frozen 1.2B-parameter teacher and VAE in fp16, plus a 3M-parameter LoRA",
@@ -610,17 +620,17 @@ def check_training_memory(fn: Callable) -> None:
              Case("the miniature: 8.6M trainable, fp32", (0, 8_600_000, 4))]
     run_checks(
         "training_memory",
-        lambda *args: torch.as_tensor(fn(*args), dtype=torch.float64),
+        fn,
         reference,
         cases,
         mistakes=[
             Mistake("a trainable weight carries three fp32 tensors on top of itself: its gradient and Adam's two "
                     "moments (m and v), 12 bytes; you counted 8.",
-                    lambda f, t, b: torch.tensor((f + t) * b + t * 2 * 4, dtype=torch.float64)),
+                    lambda f, t, b: (f + t) * b + t * 2 * 4),
             Mistake("besides its gradient, each trainable weight has Adam's two moments (m and v), 4 bytes each.",
-                    lambda f, t, b: torch.tensor((f + t) * b + t * 4, dtype=torch.float64)),
+                    lambda f, t, b: (f + t) * b + t * 4),
             Mistake("count the weights themselves too: (frozen + trainable) * bytes_per_weight.",
-                    lambda f, t, b: torch.tensor(t * 3 * 4, dtype=torch.float64)),
+                    lambda f, t, b: t * 3 * 4),
         ],
         atol=0,
         rtol=1e-9,
@@ -687,9 +697,6 @@ def check_skip_probability(fn: Callable) -> None:
              Case("one channel changed (cos 0.67), eta 0.5", (channels, reference, 0.5)),
              Case("unrelated frames (cos about 0), eta 0.98", (wiggle, reference, 0.98))]
 
-    def as_tensor(function):
-        return lambda *args: torch.as_tensor(float(function(*args)), dtype=torch.float64)
-
     def cosine(frame, reference):
         return torch.nn.functional.cosine_similarity(frame.flatten(), reference.flatten(), dim=0).item()
 
@@ -699,21 +706,21 @@ def check_skip_probability(fn: Callable) -> None:
 
     run_checks(
         "skip_probability",
-        as_tensor(fn),
-        as_tensor(skip_probability),
+        fn,
+        skip_probability,
         cases,
         mistakes=[
             Mistake("a probability is never negative: frames less alike than eta get max(0, ...) = 0.",
-                    as_tensor(lambda f, r, t: (cosine(f, r) - t) / (1 - t))),
+                    lambda f, r, t: (cosine(f, r) - t) / (1 - t)),
             Mistake("divide by (1 - eta), so that P(skip) goes from 0 at cos = eta to 1 at cos = 1.",
-                    as_tensor(lambda f, r, t: max(0.0, cosine(f, r) - t))),
+                    lambda f, r, t: max(0.0, cosine(f, r) - t)),
             Mistake("that is the probability of *processing* the frame: P(skip) = (cos - eta) / (1 - eta).",
-                    as_tensor(lambda f, r, t: min(1.0, max(0.0, (1 - cosine(f, r)) / (1 - t))))),
+                    lambda f, r, t: min(1.0, max(0.0, (1 - cosine(f, r)) / (1 - t)))),
             Mistake("the filter is stochastic: not 'skip when cos > eta', but skip with probability "
                     "(cos - eta) / (1 - eta), so a slowly changing scene still updates now and then.",
-                    as_tensor(lambda f, r, t: float(cosine(f, r) > t))),
+                    lambda f, r, t: float(cosine(f, r) > t)),
             Mistake("take the cosine of the two frames as whole vectors (flatten them), not per pixel or channel.",
-                    as_tensor(per_channel)),
+                    per_channel),
         ],
         atol=1e-4,
     )
