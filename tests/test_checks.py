@@ -227,7 +227,7 @@ def test_r1_checker(capsys):
 
 
 def generator_right(trainer, latents, noise, timesteps, text, pooled, image_embedding, generator,
-                    lam=2.5, adv=1.0, detach=False):
+                    lam=None, adv=1.0, detach=False):
     from addlib.discriminator import hinge_generator_loss, paired_generators
     from addlib.distillation import decode_latents, distillation_loss
 
@@ -242,7 +242,7 @@ def generator_right(trainer, latents, noise, timesteps, text, pooled, image_embe
                                                              paired_generators(generator)[0]))
     distill = distillation_loss(teacher, x_theta, text, guidance_scale=3.0, uncond_embeds=trainer.empty,
                                 generator=generator)
-    return adv * adversarial + lam * distill
+    return adv * adversarial + (trainer.config.distillation_weight if lam is None else lam) * distill
 
 
 def test_generator_loss_checker(capsys):
@@ -253,8 +253,8 @@ def test_generator_loss_checker(capsys):
     trainer = ADDTrainer(Config(batch_size=2), Accelerator())
     checks.check_generator_loss(generator_right, trainer)
     assert capsys.readouterr().out.strip() == "✓ generator_loss passes all 2 cases"
-    with pytest.raises(checks.CheckFailed, match="lambda = 2.5 weights the distillation loss"):
-        checks.check_generator_loss(lambda *a: generator_right(*a, lam=1.0, adv=2.5), trainer)
+    with pytest.raises(checks.CheckFailed, match="lambda = 25 weights the distillation loss"):
+        checks.check_generator_loss(lambda *a: generator_right(*a, lam=1.0, adv=25.0), trainer)
     with pytest.raises(checks.CheckFailed, match="the fakes were detached"):
         checks.check_generator_loss(lambda *a: generator_right(*a, detach=True), trainer)
 

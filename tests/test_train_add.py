@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from addlib import train_add
 from addlib.checkpoints import add_config_options, command_line
+from addlib.evaluators import TinyViT, save_evaluator
 from addlib.miniature import load_pipeline
 from addlib.sampling import sample
 from addlib.shapes import make_shapes
@@ -137,6 +138,18 @@ def test_recipe_command_repeats_the_configuration():
     add_config_options(parser, Config)
     words = shlex.split(command_line("addlib.train_add", config.__dict__))[3:]
     assert Config(**vars(parser.parse_args(words))) == config
+
+
+def test_feature_network_is_the_shipped_vit_another_vit_folder_or_dinov2(tmp_path):
+    torch.manual_seed(0)
+    other = TinyViT(num_layers=2)
+    save_evaluator(other, tmp_path / "vit")
+    loaded = train_add.feature_network(str(tmp_path / "vit"))
+    assert isinstance(loaded, TinyViT) and loaded.num_layers == 2
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), other.state_dict().values()))
+    assert train_add.feature_network("miniature").num_layers == 6
+    with pytest.raises(RuntimeError, match="Hugging Face hub"):  # anything else is a DINOv2 id, offline here
+        train_add.feature_network(str(tmp_path / "no-such-folder"))
 
 
 def write_folder(folder, captions):
