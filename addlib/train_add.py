@@ -86,7 +86,7 @@ class Config:
     # the generator (student) and its loss
     lr: float = 5e-5  # the paper's 1e-5 is for SD's 865M parameters; this UNet has 8.6M
     adversarial_weight: float = 1.0  # 0 trains with distillation alone (the ablation)
-    # lambda: the paper's is 2.5; 25 gave this miniature better 4-step samples and 1-step FID
+    # lambda: the paper's is 2.5; 25 gave this miniature better 4-step samples and 1-step FID, one run each
     # (docs/benchmarks.md). 0 trains with the adversarial loss alone.
     distillation_weight: float = 25.0
     weighting: str = "exponential"  # c(t) of L_distill: exponential, sds or nfsd
