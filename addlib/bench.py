@@ -70,13 +70,12 @@ def _quality_row(images, prompts, reference, classifier) -> dict:
             "shapes-FID": f"{shapes_fid(images, reference, classifier):.2f}"}
 
 
-def _evaluation_set(num_images: int):
-    """The prompts of every quality bench and FID's reference: the captions of held-out real images (seed 7),
-    and a second, disjoint real set; the first set against it gives the real-vs-real floor."""
-    from addlib.metrics import REFERENCE_SEED
-
-    real, prompts, _ = make_shapes(num_images, seed=REFERENCE_SEED)
-    reference, _, _ = make_shapes(num_images, seed=REFERENCE_SEED, start=num_images)
+def _evaluation_set(num_images: int, seed: int):
+    """The prompts of every quality bench and FID's reference: the captions of held-out real images (shapes
+    ``seed``, the benchmark's REFERENCE_SEED unless chosen), and a second, disjoint real set; the first set
+    against it gives the real-vs-real floor."""
+    real, prompts, _ = make_shapes(num_images, seed=seed)
+    reference, _, _ = make_shapes(num_images, seed=seed, start=num_images)
     return real, prompts, reference
 
 
@@ -101,12 +100,11 @@ def _unsampled_row(name: str, images, prompts, reference, classifier) -> dict:
 def bench_teacher(args: argparse.Namespace) -> None:
     """Quality and wall time of the teacher against DDIM steps, with and without guidance (notebook 02)."""
     from addlib.evaluators import load_attribute_classifier
-    from addlib.metrics import REFERENCE_SEED
     from addlib.miniature import load_pipeline, load_tiny_vae
 
     torch.manual_seed(0)
     pipe, classifier = load_pipeline(args.model), load_attribute_classifier()
-    real, prompts, reference = _evaluation_set(args.num_images)
+    real, prompts, reference = _evaluation_set(args.num_images, args.prompts_seed)
     with torch.no_grad():  # the VAE alone, no diffusion: the ceiling of anything decoded by it
         round_trips = {"VAE round trip": pipe.vae.decode(pipe.vae.encode(real).latent_dist.mean).sample}
         if args.model == str(TEACHER_DIR) and TINY_VAE_DIR.exists():
@@ -119,7 +117,7 @@ def bench_teacher(args: argparse.Namespace) -> None:
         for steps in args.steps:
             rows.append({"model": "teacher", **_sampled_row(pipe, prompts, reference, classifier, steps, guidance,
                                                              args.seed)})
-    print(f"{args.num_images} prompts (captions of shapes seed {REFERENCE_SEED}), sampling seed {args.seed}, "
+    print(f"{args.num_images} prompts (captions of shapes seed {args.prompts_seed}), sampling seed {args.seed}, "
           f"DDIM, {torch.get_num_threads()} threads, {pipe.device}")
     print_table(rows)
 
@@ -127,12 +125,11 @@ def bench_teacher(args: argparse.Namespace) -> None:
 def bench_add(args: argparse.Namespace) -> None:
     """The distilled student against the teacher, and the loss ablation (notebook 05; issue bars below)."""
     from addlib.evaluators import load_attribute_classifier
-    from addlib.metrics import REFERENCE_SEED
     from addlib.miniature import load_pipeline
 
     torch.manual_seed(0)
     teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
-    real, prompts, reference = _evaluation_set(args.num_images)
+    real, prompts, reference = _evaluation_set(args.num_images, args.prompts_seed)
     rows = [_unsampled_row("real images", real, prompts, reference, classifier)]
     for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance)):
         rows.append({"model": "teacher (DDIM)", **_sampled_row(teacher, prompts, reference, classifier, steps,
@@ -148,7 +145,7 @@ def bench_add(args: argparse.Namespace) -> None:
             continue
         rows.append({"model": f"ablation: {Path(folder).name}", **_sampled_row(
             load_pipeline(folder), prompts, reference, classifier, 1, 1.0, args.seed, "add")})
-    print(f"{args.num_images} prompts (captions of shapes seed {REFERENCE_SEED}), sampling seed {args.seed}, "
+    print(f"{args.num_images} prompts (captions of shapes seed {args.prompts_seed}), sampling seed {args.seed}, "
           f"{torch.get_num_threads()} threads, {teacher.device}; the student samples as ADD (x0, noised afresh)")
     print_table(rows)
     _print_add_bars(rows)
@@ -304,6 +301,15 @@ def _print_stream_bars(rows: list[dict], skipped: float) -> None:
           f"{expected:.2f}x expected (bar: within 10%): {_verdict(gain >= 0.9 * expected)}")
 
 
+def _add_prompts_seed(parser: argparse.ArgumentParser) -> None:
+    from addlib.metrics import REFERENCE_SEED
+
+    parser.add_argument("--prompts-seed", type=int, default=REFERENCE_SEED,
+                        help=f"shapes seed of the prompts and of FID's real images (the benchmark's: "
+                             f"{REFERENCE_SEED}); another gives an independent set, to choose between runs "
+                             f"without tuning on the benchmark")
+
+
 def main(argv: list[str] | None = None) -> list[dict] | None:
     """Parse the command line and run the chosen benchmark; a benchmark that returns its rows passes them on."""
     parser = argparse.ArgumentParser(prog="python -m addlib.bench", description=__doc__.splitlines()[0])
@@ -320,6 +326,7 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     teacher.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 25, 50])
     teacher.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
     teacher.add_argument("--seed", type=int, default=1)
+    _add_prompts_seed(teacher)
     teacher.set_defaults(run=bench_teacher)
 
     add = subcommands.add_parser("add", help="the ADD student against the teacher, and the loss ablation")
@@ -330,6 +337,7 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     add.add_argument("--teacher-guidance", type=float, default=3.0)
     add.add_argument("--num-images", type=int, default=512)
     add.add_argument("--seed", type=int, default=1)
+    _add_prompts_seed(add)
     add.set_defaults(run=bench_add)
 
     stream = subcommands.add_parser("stream", help="frames per second and latency of streaming img2img")

@@ -61,8 +61,10 @@ def resume_checkpoint(run_dir: Path, modules: dict, optimizers: dict, config: di
     """:func:`load_checkpoint`, refusing one whose ``state["config"]`` differs from ``config``: a resumed run
     must be the run that was interrupted."""
     state = load_checkpoint(run_dir, modules, optimizers)
-    if state["config"] != config:
-        changed = {k: (v, config.get(k)) for k, v in state["config"].items() if config.get(k) != v}
+    saved = state["config"]
+    if saved != config:  # a key only one side has (an option added since) counts as changed too
+        changed = {k: (saved.get(k), config.get(k)) for k in sorted(saved.keys() | config.keys())
+                   if saved.get(k) != config.get(k)}
         raise ValueError(f"{run_dir} was made with another configuration (saved, now): {changed}; "
                          f"resume with the same options or train in another --run-dir")
     return state

@@ -9,6 +9,9 @@ best):
 
     D_k(x) = < cls_k(h_k(F_k(x))), W [c_text, c_img] > / sqrt(cmap_dim)              (one logit per token)
 
+``conditions`` picks the embeddings, for Table 1b's ablation: both (the default), one, or none (then W maps a
+constant 1, and each head is unconditional).
+
 Hinge losses, with R1 on each head's *input features* (ADD eq. 3-4; Mescheder et al., 2018):
 
     L_adv^D = E[sum_k max(0, 1 - D_k(F_k(x0)))] + E[sum_k max(0, 1 + D_k(F_k(x_theta)))] + gamma * R1
@@ -34,6 +37,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 DIFFAUGMENT_POLICY = ("color", "translation", "cutout")
+CONDITIONS = ("text", "image")  # c_text and c_img, in the order the heads concatenate them
 
 
 def diff_augment(images: torch.Tensor, policy: Sequence[str] = DIFFAUGMENT_POLICY,
@@ -169,16 +173,21 @@ class ProjectedDiscriminator(nn.Module):
     """
 
     def __init__(self, feature_network: nn.Module, layers: Sequence[int], text_dim: int, cmap_dim: int = 64,
-                 augment: Sequence[str] = DIFFAUGMENT_POLICY):
+                 augment: Sequence[str] = DIFFAUGMENT_POLICY, conditions: Sequence[str] = CONDITIONS):
         super().__init__()
         layers = list(layers)
         bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < feature_network.num_layers)]
         if bad or not layers:
             raise ValueError(f"head layers {layers} must be a non-empty list of layers that exist: the feature "
                              f"network has layers 0 to {feature_network.num_layers - 1}")
+        unknown = [c for c in conditions if c not in CONDITIONS]
+        if unknown or len(set(conditions)) != len(conditions):
+            raise ValueError(f"conditions {list(conditions)} must be distinct names from {list(CONDITIONS)} "
+                             f"(none at all makes the heads unconditional)")
         self.feature_network = feature_network.eval().requires_grad_(False)
-        self.layers, self.augment = layers, tuple(augment)
-        condition_dim = text_dim + feature_network.embed_dim
+        self.layers, self.augment, self.conditions = layers, tuple(augment), tuple(conditions)
+        sizes = {"text": text_dim, "image": feature_network.embed_dim}
+        condition_dim = sum(sizes[c] for c in self.conditions) or 1
         self.heads = nn.ModuleList(DiscriminatorHead(feature_network.embed_dim, condition_dim, cmap_dim)
                                    for _ in layers)
 
@@ -201,7 +210,9 @@ class ProjectedDiscriminator(nn.Module):
     def heads_logits(self, features: list[torch.Tensor], text_embedding: torch.Tensor,
                      image_embedding: torch.Tensor) -> list[torch.Tensor]:
         """D_k(F_k) for every head: a list of (B, T) token logits."""
-        condition = torch.cat([text_embedding, image_embedding], dim=1)
+        embeddings = {"text": text_embedding, "image": image_embedding}
+        chosen = [embeddings[c] for c in self.conditions] or [text_embedding.new_ones(len(text_embedding), 1)]
+        condition = torch.cat(chosen, dim=1)
         return [head(tokens, condition) for head, tokens in zip(self.heads, features)]
 
     def forward(self, images: torch.Tensor, text_embedding: torch.Tensor, image_embedding: torch.Tensor,

@@ -14,6 +14,11 @@ def test_teacher_bench_prints_quality_rows(capsys):
     assert first_column(out)[:2] == ["real images", "VAE round trip"]
     assert first_column(out)[-2:] == ["teacher", "teacher"]
     assert "joint acc" in out and "shapes-FID" in out
+    bench.main(["teacher", "--num-images", "16", "--steps", "1", "--guidance-scales", "1", "--prompts-seed", "8"])
+    other = capsys.readouterr().out
+    assert "captions of shapes seed 8" in other and "captions of shapes seed 7" in out
+    real_row = lambda text: next(line for line in text.splitlines() if line.startswith("| ") and "real images" in line)
+    assert real_row(other) != real_row(out), "another prompts seed must draw other real images"
 
 
 def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):

@@ -86,6 +86,21 @@ def test_an_image_verdict_does_not_depend_on_its_batch():
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("chosen", [("text", "image"), ("text",), ("image",), ()])
+def test_heads_read_exactly_the_chosen_conditions(chosen):
+    discriminator = small_discriminator(augment=(), conditions=chosen).eval()
+    images = make_shapes(2, seed=0)[0]
+    text, image = conditions(2, discriminator, images)
+    features = discriminator.features(images)
+    before = discriminator.heads_logits(features, text, image)
+    for name, moved in {"text": (text + 1, image), "image": (text, image + 1)}.items():
+        after = discriminator.heads_logits(features, *moved)
+        reads = any(not torch.allclose(a, b) for a, b in zip(before, after))
+        assert reads == (name in chosen), f"with conditions {chosen} the heads {'read' if reads else 'ignore'} {name}"
+    with pytest.raises(ValueError, match="distinct names from"):
+        small_discriminator(conditions=("caption",))
+
+
 def test_generator_gradient_reaches_the_images_through_the_frozen_network():
     discriminator = small_discriminator()
     fake = make_shapes(3, seed=2)[0].requires_grad_()

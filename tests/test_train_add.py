@@ -47,6 +47,12 @@ def test_resume_with_another_configuration_is_refused_and_keeps_the_checkpoint(t
         train(Config(steps=2, batch_size=2, checkpoint_every=1, lr=1e-3), tmp_path / "out", tmp_path / "run",
               resume=True)
     assert (tmp_path / "run" / "checkpoint.safetensors").read_bytes() == before
+    meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
+    del meta["state"]["config"]["discriminator_conditioning"]  # a run saved before that option existed
+    (tmp_path / "run" / "checkpoint.json").write_text(json.dumps(meta))
+    added = r"another configuration .*'discriminator_conditioning': \(None, 'text,image'\)"
+    with pytest.raises(ValueError, match=added):
+        train(Config(steps=2, batch_size=2, checkpoint_every=1), tmp_path / "out", tmp_path / "run", resume=True)
 
 
 def test_image_size_the_vae_cannot_take_is_refused():
