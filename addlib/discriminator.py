@@ -203,12 +203,15 @@ class ProjectedDiscriminator(nn.Module):
         return self.feature_network.features(images, self.layers)
 
     @torch.no_grad()
-    def image_embedding(self, real_images: torch.Tensor) -> torch.Tensor:
-        """c_img: the feature network's CLS embedding of the real images (B, C), never augmented."""
+    def image_embedding(self, real_images: torch.Tensor) -> torch.Tensor | None:
+        """c_img: the feature network's CLS embedding of the real images (B, C), never augmented; None when the
+        heads do not read it, so no training step spends a feature-network pass on it."""
+        if "image" not in self.conditions:
+            return None
         return self.feature_network.cls_embedding(real_images)
 
     def heads_logits(self, features: list[torch.Tensor], text_embedding: torch.Tensor,
-                     image_embedding: torch.Tensor) -> list[torch.Tensor]:
+                     image_embedding: torch.Tensor | None) -> list[torch.Tensor]:
         """D_k(F_k) for every head: a list of (B, T) token logits."""
         embeddings = {"text": text_embedding, "image": image_embedding}
         chosen = [embeddings[c] for c in self.conditions] or [text_embedding.new_ones(len(text_embedding), 1)]

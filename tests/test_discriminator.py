@@ -90,7 +90,8 @@ def test_an_image_verdict_does_not_depend_on_its_batch():
 def test_heads_read_exactly_the_chosen_conditions(chosen):
     discriminator = small_discriminator(augment=(), conditions=chosen).eval()
     images = make_shapes(2, seed=0)[0]
-    text, image = conditions(2, discriminator, images)
+    assert (discriminator.image_embedding(images) is None) == ("image" not in chosen)
+    text, image = torch.randn(2, TEXT_DIM), discriminator.feature_network.cls_embedding(images)
     features = discriminator.features(images)
     before = discriminator.heads_logits(features, text, image)
     for name, moved in {"text": (text + 1, image), "image": (text, image + 1)}.items():
