@@ -12,6 +12,10 @@ and prompt alignment (CLIP score). In the shapes world both are measured with th
   (:func:`shapes_fid`). Like FID it is biased upward for small sets: compare numbers computed with equally
   many images (a few thousand per side for the 128-d features).
 
+A third check needs no classifier: every real shapes image holds exactly one shape, so
+:func:`count_shapes` counts the blobs that stand out from an image's background. A generator that draws a
+second shape beside the one asked for can still score full prompt accuracy, since the classifier reads one.
+
 Shapes-world seeds are given out once for the whole course, so no evaluation image was ever trained on:
 teacher training uses seed 0, evaluator training seed 1, and evaluation references seed 7
 (``REFERENCE_SEED``, :func:`real_images`).
@@ -118,6 +122,38 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
         all_right += all(read[name] == value for name, value in asked.items())
     accuracy = {name: right[name] / named[name] for name in ATTRIBUTES if named[name]}
     return accuracy | {"joint": all_right / len(prompts)}
+
+
+def count_shapes(images: torch.Tensor, threshold: float = 0.4, min_area: int = 6) -> torch.Tensor:
+    """How many shapes each image (N, 3, H, W, values in [-1, 1]) holds: the 4-connected blobs of at least
+    ``min_area`` pixels whose colour is more than ``threshold`` (Euclidean, RGB) from the background's.
+
+    The background's colour is the median of the border pixels, since a shape never covers the whole border.
+    Real shapes images all count 1 (``tests/test_metrics.py``); a 0 is a shape too faint to stand out.
+    """
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    images = images.detach().float().cpu()
+    n, _, h, w = images.shape
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 0], images[..., -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    foreground = (images - background).norm(dim=1) > threshold
+    # Connected components by label propagation: every foreground pixel starts with its own label and takes
+    # the largest among its 4 neighbours' until nothing changes; each blob then carries one label.
+    labels = torch.where(foreground, torch.arange(1, h * w + 1).view(1, h, w).expand(n, h, w), 0)
+    while True:
+        padded = torch.nn.functional.pad(labels, (1, 1, 1, 1))
+        neighbours = torch.stack([labels, padded[:, :-2, 1:-1], padded[:, 2:, 1:-1], padded[:, 1:-1, :-2],
+                                  padded[:, 1:-1, 2:]]).amax(dim=0)
+        spread = torch.where(foreground, neighbours, 0)
+        if torch.equal(spread, labels):
+            break
+        labels = spread
+    counts = []
+    for image_labels in labels:
+        _, areas = image_labels[image_labels > 0].unique(return_counts=True)
+        counts.append(int((areas >= min_area).sum()))
+    return torch.tensor(counts)
 
 
 def real_images(num_images: int, seed: int = REFERENCE_SEED, *, start: int = 0

@@ -6,6 +6,7 @@ import torch
 
 from addlib.metrics import (
     REFERENCE_SEED,
+    count_shapes,
     feature_statistics,
     frechet_distance,
     prompt_accuracy,
@@ -150,3 +151,17 @@ def test_real_images_is_the_held_out_reference_seed():
     expected = make_shapes(8, REFERENCE_SEED, start=3)
     assert REFERENCE_SEED not in (0, 1)  # the teacher's and the evaluators' training seeds
     assert torch.equal(images, expected[0]) and captions == expected[1] and torch.equal(labels, expected[2])
+
+
+def test_count_shapes_finds_one_shape_in_every_real_image_and_counts_blobs():
+    real, _, _ = make_shapes(256, seed=11)
+    assert count_shapes(real).tolist() == [1] * 256
+    canvas = torch.full((4, 3, 32, 32), -1.0)  # black backgrounds
+    canvas[1, :, 4:10, 4:10] = 1.0  # one white square
+    canvas[2, :, 4:10, 4:10] = 1.0
+    canvas[2, 0, 20:28, 18:30] = 1.0  # and a red bar apart from it
+    canvas[3, :, 4:10, 4:10] = 1.0
+    canvas[3, :, 20:22, 20:22] = 1.0  # a 4-pixel speck, below min_area
+    assert count_shapes(canvas).tolist() == [0, 1, 2, 1]
+    with pytest.raises(ValueError, match=r"must be \(N, 3, H, W\)"):
+        count_shapes(canvas[0])
