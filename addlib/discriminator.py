@@ -10,7 +10,7 @@ best):
     D_k(x) = < cls_k(h_k(F_k(x))), W [c_text, c_img] > / sqrt(cmap_dim)              (one logit per token)
 
 ``conditions`` picks the embeddings, for Table 1b's ablation: both (the default), one, or none (then W maps a
-constant 1, and each head is unconditional).
+constant 1, and each head is unconditional). The miniature's trainer reads the text alone (``train_add.Config``).
 
 Hinge losses, with R1 on each head's *input features* (ADD eq. 3-4; Mescheder et al., 2018):
 

@@ -50,7 +50,7 @@ def test_resume_with_another_configuration_is_refused_and_keeps_the_checkpoint(t
     meta = json.loads((tmp_path / "run" / "checkpoint.json").read_text())
     del meta["state"]["config"]["discriminator_conditioning"]  # a run saved before that option existed
     (tmp_path / "run" / "checkpoint.json").write_text(json.dumps(meta))
-    added = r"another configuration .*'discriminator_conditioning': \(None, 'text,image'\)"
+    added = rf"another configuration .*'discriminator_conditioning': \(None, '{Config.discriminator_conditioning}'\)"
     with pytest.raises(ValueError, match=added):
         train(Config(steps=2, batch_size=2, checkpoint_every=1), tmp_path / "out", tmp_path / "run", resume=True)
 
