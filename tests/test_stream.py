@@ -11,6 +11,12 @@ from addlib.shapes import moving_shapes
 from addlib.stream import SimilarityFilter, StreamDiffusion, diffusers_img2img
 
 
+# Streams that batch the UNet differently agree to float32 roundoff only, which self-CFG at guidance 1.5 amplifies
+# to about 3e-5 through three steps and a decode; in float64 they agree to 1e-13. Aligned one call off, the
+# same outputs differ by about 2. The same bar as `bench stream`'s.
+FLOAT_TOLERANCE = 1e-4
+
+
 @pytest.fixture(scope="module")
 def student():
     return load_pipeline(STUDENT_DIR, device="cpu")
@@ -33,8 +39,8 @@ def test_stream_equals_the_diffusers_img2img_pipeline_called_per_frame(student, 
     naive = diffusers_img2img(student, "a blue triangle", with_batch.timesteps, seed=5)
     reference = [naive(frame) for frame in clip]
     assert max_difference(run(StreamDiffusion(student, t_index_list, use_denoising_batch=False, seed=5), clip),
-                          reference, 0) < 1e-4
-    assert max_difference(run(with_batch, clip), reference, with_batch.latency) < 1e-4
+                          reference, 0) < FLOAT_TOLERANCE
+    assert max_difference(run(with_batch, clip), reference, with_batch.latency) < FLOAT_TOLERANCE
 
 
 @pytest.mark.parametrize("cfg_type, guidance_scale, t_index_list", [
@@ -44,7 +50,7 @@ def test_stream_batch_equals_the_same_steps_one_after_another(student, clip, cfg
     streams = [StreamDiffusion(student, t_index_list, use_denoising_batch=batch, cfg_type=cfg_type,
                                guidance_scale=guidance_scale) for batch in (True, False)]
     assert streams[0].latency == len(t_index_list) - 1 and streams[1].latency == 0
-    assert max_difference(run(streams[0], clip), run(streams[1], clip), streams[0].latency) < 1e-5
+    assert max_difference(run(streams[0], clip), run(streams[1], clip), streams[0].latency) < FLOAT_TOLERANCE
 
 
 def test_guidance_changes_the_output(student, clip):
@@ -62,7 +68,7 @@ def test_frame_buffer_moves_frames_in_blocks(student):
     assert streams[0].latency == 4 and streams[0].unet_batch_size == 6
     outputs = [run(stream, pairs) for stream in streams]
     assert outputs[0][0].shape == (2, 3, 32, 32)
-    assert max_difference(outputs[0], outputs[1], 2) < 1e-5  # two calls late: (n - 1) * F = 4 frames
+    assert max_difference(outputs[0], outputs[1], 2) < FLOAT_TOLERANCE  # two calls late: (n - 1) * F = 4 frames
 
 
 @pytest.mark.parametrize("cfg_type", ["none", "full", "self", "initialize"])
