@@ -97,8 +97,9 @@ class Config:
     r1_weight: float = 10.0  # gamma
     feature_network: str = "miniature"  # the shipped tiny ViT, a folder with another, or a DINOv2 hub id
     discriminator_layers: str = "1,3,5"  # blocks of the feature network that get a head (DINOv2-S: 2,5,8,11)
-    # Table 1b: "text,image" (the paper's), one of them, or "" for none. Here c_img hurt one-step accuracy on
-    # each of three seeds and collapsed one (docs/benchmarks.md), so the heads read the text alone.
+    # Table 1b: "text,image" (the paper's), one of them, or "" for none. Here c_img cost one-step accuracy on
+    # each of three seeds and collapsed one, so the heads read the text alone, though seed 2 pays for it in
+    # one-step FID (docs/benchmarks.md).
     discriminator_conditioning: str = "text"
     augment: str = "translation"  # DiffAugment policy; the miniature keeps only what leaves captions true
     # both optimisers: Adam with beta1 = 0, as GANs since StyleGAN
