@@ -218,7 +218,7 @@ class ProjectedDiscriminator(nn.Module):
         condition = torch.cat(chosen, dim=1)
         return [head(tokens, condition) for head, tokens in zip(self.heads, features)]
 
-    def forward(self, images: torch.Tensor, text_embedding: torch.Tensor, image_embedding: torch.Tensor,
+    def forward(self, images: torch.Tensor, text_embedding: torch.Tensor, image_embedding: torch.Tensor | None,
                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
         return self.heads_logits(self.features(images, generator), text_embedding, image_embedding)
 
