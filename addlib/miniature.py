@@ -12,44 +12,28 @@ Every part is the class a real Stable Diffusion uses, only with tiny configurati
   can start from pure noise, as notebook 01 explains and as ADD's student must.
 
 ``build_pipeline()`` makes an untrained pipeline from these configurations; ``python -m addlib.train_teacher``
-trains it and saves it with ``save_pretrained``; ``load_pipeline()`` loads it (or any diffusers folder or hub
-id) with one-line errors instead of tracebacks.
+trains it and saves it to ``data/teacher``; :func:`addlib.loading.load_pipeline` loads it.
 """
 
 from __future__ import annotations
 
-import json
-import warnings
+import tempfile
 from collections import Counter
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-from transformers.utils import logging as transformers_logging
 
-# Without torchvision, transformers 5 warns once, as diffusers' pipelines import it, that CLIPImageProcessor
-# falls back to its PIL version. No pipeline here uses an image processor: keep that notice out of notebooks.
-_verbosity = transformers_logging.get_verbosity()
-transformers_logging.set_verbosity_error()
-from diffusers import (  # noqa: E402
+from addlib.loading import write_bpe_files  # first: it quiets a notice transformers gives as diffusers imports
+from diffusers import (  # noqa: E402  isort: skip
     AutoencoderKL,
-    AutoencoderTiny,
     DDIMScheduler,
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
-from diffusers.utils import logging as diffusers_logging  # noqa: E402
-
-transformers_logging.set_verbosity(_verbosity)
 
 from addlib.shapes import VOCABULARY, parse_caption
 
-DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-TEACHER_DIR = DATA_DIR / "teacher"
-TINY_VAE_DIR = DATA_DIR / "tiny_vae"
-STUDENT_DIR = DATA_DIR / "student"  # the ADD student, python -m addlib.train_add
 MAX_PROMPT_TOKENS = 16  # the longest caption is 12 words; with start and end tokens, 14
 
 SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
@@ -136,20 +120,14 @@ def learn_bpe(words: tuple[str, ...]) -> tuple[dict[str, int], list[tuple[str, s
 
 
 def build_tokenizer() -> CLIPTokenizer:
-    """A CLIP tokenizer whose vocabulary is the shapes world's words, one token per word."""
-    vocab, merges = learn_bpe(VOCABULARY)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=MAX_PROMPT_TOKENS)
+    """A CLIP tokenizer whose vocabulary is the shapes world's words, one token per word.
 
-
-def save_tokenizer_files(folder: Path) -> None:
-    """Write ``vocab.json`` and ``merges.txt`` beside ``tokenizer.json``, for older transformers releases.
-
-    transformers 5 saves only ``tokenizer.json``; the ``CLIPTokenizer`` of transformers 4 (still common in
-    Colab) reads these two files instead.
+    It is read back from the ``vocab.json`` and ``merges.txt`` files CLIP ships, the one form every
+    transformers release from 4.x to 5.x constructs a ``CLIPTokenizer`` from.
     """
-    vocab, merges = learn_bpe(VOCABULARY)
-    (folder / "vocab.json").write_text(json.dumps(vocab, indent=1) + "\n")
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    with tempfile.TemporaryDirectory() as folder:
+        write_bpe_files(Path(folder), *learn_bpe(VOCABULARY))
+        return CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_PROMPT_TOKENS)
 
 
 def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
@@ -194,6 +172,8 @@ def check_prompts(tokenizer, prompts: list[str]) -> None:
     """
     shapes_world = is_shapes_tokenizer(tokenizer)
     for prompt in prompts:
+        if not isinstance(prompt, str):
+            raise TypeError(f"prompts must be strings, got {prompt!r} among them; use \"\" for no prompt")
         if shapes_world and prompt.strip():
             parse_caption(prompt)  # raises for unknown words, naming them and the vocabulary
         length = len(tokenizer(prompt).input_ids)
@@ -202,90 +182,3 @@ def check_prompts(tokenizer, prompts: list[str]) -> None:
                 f"prompt {prompt!r} is {length} tokens but the tokenizer allows {tokenizer.model_max_length}; "
                 f"shorten it"
             )
-
-
-@contextmanager
-def _no_loading_bars():
-    """Hide diffusers' and transformers' loading progress bars: a tiny model loads in a blink, and the bars'
-    timing-dependent updates would make notebook outputs differ run to run."""
-    diffusers_logging.disable_progress_bar()
-    transformers_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        diffusers_logging.enable_progress_bar()
-        transformers_logging.enable_progress_bar()
-
-
-@contextmanager
-def quiet_diffusers():
-    """diffusers' notices and progress bars off for one load or save, back to what they were after."""
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
-        with _no_loading_bars():
-            yield
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
-
-
-def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | None = None,
-                  dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
-    """Load a diffusers Stable Diffusion folder or hub id, with one-line errors for the common failures.
-
-    Defaults to the shipped miniature teacher, in float32 on CUDA when present, else on the CPU. Weights are
-    read from safetensors only (``use_safetensors=True``), so loading never unpickles anything.
-    """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    local = Path(path).exists()
-    if not local and Path(path).is_absolute():
-        raise FileNotFoundError(f"no pipeline folder at {path}; train one with `python -m addlib.train_teacher`")
-    if local and not (Path(path) / "model_index.json").exists():
-        raise FileNotFoundError(
-            f"{path} is not a diffusers pipeline folder (no model_index.json); "
-            f"rebuild the teacher with `python -m addlib.train_teacher` or point to a pipeline folder"
-        )
-    try:
-        with warnings.catch_warnings(), _no_loading_bars():
-            # diffusers >= 0.36 renamed torch_dtype to dtype; the old name still works and older releases need it.
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            pipe = StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True,
-                                                           safety_checker=None, requires_safety_checker=False)
-    except (OSError, SafetensorError) as error:  # a truncated weights file raises the latter
-        if local:
-            raise OSError(f"could not load the pipeline in {path} ({error.__class__.__name__}: "
-                          f"{str(error).splitlines()[0]}); its files may be incomplete or corrupt: rebuild it "
-                          f"with `python -m addlib.train_teacher`") from None
-        raise OSError(f"could not load {path!r} from the Hugging Face hub (no network, or no such model); "
-                      f"offline, use the shipped miniature: load_pipeline() with no argument") from None
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
-
-
-def pipeline_available(path: str | Path) -> bool:
-    """Whether ``path`` is a pipeline folder, or a hub id whose ``model_index.json`` can be fetched (or is in the
-    cache): a check that costs one small file, not the model."""
-    if Path(path).exists():
-        return (Path(path) / "model_index.json").exists()
-    from huggingface_hub import hf_hub_download
-
-    try:
-        hf_hub_download(str(path), "model_index.json")
-        return True
-    except Exception:  # offline, no such repository, a gated one, an invalid id: all mean "not here"
-        return False
-
-
-def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | None = None) -> AutoencoderTiny:
-    """A frozen ``AutoencoderTiny``: the miniature's (``python -m addlib.train_tiny_vae``) or a folder or hub
-    id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        # diffusers' AutoencoderTiny writes block_out_channels into its own config, then warns on reading it back.
-        with quiet_diffusers():
-            vae = AutoencoderTiny.from_pretrained(path, use_safetensors=True)
-    except (OSError, SafetensorError):
-        where = "a folder with config.json and its weights" if Path(path).exists() else "from the hub (no network?)"
-        raise OSError(f"could not load a tiny VAE from {path} ({where}); build the miniature's with "
-                      f"`python -m addlib.train_tiny_vae`, or decode with the full VAE") from None
-    return vae.to(device).eval().requires_grad_(False)

@@ -29,6 +29,24 @@ def test_environment_yml_matches_pyproject():
     assert listed == wanted, "environment.yml and pyproject.toml list different requirements"
 
 
+def test_lowest_versions_environment_pins_every_declared_floor():
+    """CI's lowest-versions environment must test the floors pyproject.toml declares, all of them (torch aside:
+    CI installs its CPU build, 2.13, everywhere)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["test"]]
+    floors = {name: bound.removeprefix(">=") for name, bound in map(_requirement, declared) if name != "torch"}
+    lines = (ROOT / "tests" / "constraints" / "lowest.txt").read_text().splitlines()
+    pinned = dict(line.lower().split("==") for line in lines if line and not line.startswith("#"))
+    assert pinned.keys() == floors.keys(), "tests/constraints/lowest.txt and pyproject.toml name different packages"
+    for name, floor in floors.items():
+        assert _version(pinned[name]) == _version(floor), f"{name}: pyproject says >={floor}, CI pins {pinned[name]}"
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = tuple(int(part) for part in text.split("."))
+    return parts + (0,) * (3 - len(parts))
+
+
 def _readme_commands() -> list[str]:
     readme = (ROOT / "README.md").read_text()
     setup = readme.split("## Set-up", 1)[1].split("\n## ", 1)[0]
