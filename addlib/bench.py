@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from addlib.miniature import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
+from addlib.errors import OneLineParser, at_least, run_command
+from addlib.loading import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
 from addlib.shapes import ATTRIBUTES, make_shapes
 
 
@@ -65,8 +66,8 @@ def _quality_row(images, prompts, reference, classifier) -> dict:
     from addlib.metrics import prompt_accuracy, shapes_fid
 
     accuracy = prompt_accuracy(images, prompts, classifier)
-    return {"joint acc": f"{accuracy['joint']:.3f}",
-            **{name: f"{accuracy[name]:.3f}" for name in ATTRIBUTES},
+    return {"joint acc": f"{accuracy['joint']:.3f}",  # "-" for an attribute no prompt of a small set names
+            **{name: f"{accuracy[name]:.3f}" if name in accuracy else "-" for name in ATTRIBUTES},
             "shapes-FID": f"{shapes_fid(images, reference, classifier):.2f}"}
 
 
@@ -100,7 +101,7 @@ def _unsampled_row(name: str, images, prompts, reference, classifier) -> dict:
 def bench_teacher(args: argparse.Namespace) -> None:
     """Quality and wall time of the teacher against DDIM steps, with and without guidance (notebook 02)."""
     from addlib.evaluators import load_attribute_classifier
-    from addlib.miniature import load_pipeline, load_tiny_vae
+    from addlib.loading import load_pipeline, load_tiny_vae
 
     torch.manual_seed(0)
     pipe, classifier = load_pipeline(args.model), load_attribute_classifier()
@@ -125,7 +126,7 @@ def bench_teacher(args: argparse.Namespace) -> None:
 def bench_add(args: argparse.Namespace) -> None:
     """The distilled student against the teacher, and the loss ablation (notebook 05; issue bars below)."""
     from addlib.evaluators import load_attribute_classifier
-    from addlib.miniature import load_pipeline
+    from addlib.loading import load_pipeline
 
     torch.manual_seed(0)
     teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
@@ -220,10 +221,13 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     """Frames per second and latency of streaming img2img (notebook 07): a naive diffusers loop, the stream
     class with each of StreamDiffusion's techniques, and the compute bound they approach (issue bars below).
     Returns the table's rows, for a plot."""
-    from addlib.miniature import load_pipeline, load_tiny_vae
+    from addlib.loading import load_pipeline, load_tiny_vae
     from addlib.shapes import moving_shapes
     from addlib.stream import StreamDiffusion, diffusers_img2img
 
+    if args.num_frames < len(args.t_index_list):  # Stream Batch's outputs lag its inputs by len - 1 frames
+        raise ValueError(f"--num-frames {args.num_frames} leaves no output of the {len(args.t_index_list)}-step "
+                         f"stream to compare; stream at least {len(args.t_index_list)} frames")
     torch.manual_seed(0)
     pipe = load_pipeline(args.model)
     device = pipe.device
@@ -312,18 +316,18 @@ def _add_prompts_seed(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
     """Parse the command line and run the chosen benchmark; a benchmark that returns its rows passes them on."""
-    parser = argparse.ArgumentParser(prog="python -m addlib.bench", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="python -m addlib.bench", description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="benchmark", required=True)
 
     shapes = subcommands.add_parser("shapes", help="time make_shapes, the captioned-shapes renderer")
-    shapes.add_argument("--num-images", type=int, default=10_000)
-    shapes.add_argument("--resolutions", type=int, nargs="+", default=[32, 64])
+    shapes.add_argument("--num-images", type=at_least(1), default=10_000)
+    shapes.add_argument("--resolutions", type=at_least(1), nargs="+", default=[32, 64])
     shapes.set_defaults(run=bench_shapes)
 
     teacher = subcommands.add_parser("teacher", help="prompt accuracy, shapes-FID and time against DDIM steps")
     teacher.add_argument("--model", default=str(TEACHER_DIR), help="pipeline folder or hub id")
-    teacher.add_argument("--num-images", type=int, default=512)
-    teacher.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 8, 25, 50])
+    teacher.add_argument("--num-images", type=at_least(2), default=512, help="at least 2, for FID")
+    teacher.add_argument("--steps", type=at_least(1), nargs="+", default=[1, 2, 4, 8, 25, 50])
     teacher.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
     teacher.add_argument("--seed", type=int, default=1)
     _add_prompts_seed(teacher)
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     add.add_argument("--ablations", nargs="*", default=[str(f) for f in ABLATION_DIRS],
                      help="student folders trained with one loss weight changed")
     add.add_argument("--teacher-guidance", type=float, default=3.0)
-    add.add_argument("--num-images", type=int, default=512)
+    add.add_argument("--num-images", type=at_least(2), default=512, help="at least 2, for FID")
     add.add_argument("--seed", type=int, default=1)
     _add_prompts_seed(add)
     add.set_defaults(run=bench_add)
@@ -346,13 +350,13 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     stream.add_argument("--prompt", default="a blue triangle on a white background")
     stream.add_argument("--t-index", type=int, default=2, help="the one-step stream's index (2: t = 499)")
     stream.add_argument("--t-index-list", type=int, nargs="+", default=[1, 2, 3], help="the multi-step stream's")
-    stream.add_argument("--num-frames", type=int, default=100)
-    stream.add_argument("--resolution", type=int, default=32)
+    stream.add_argument("--num-frames", type=at_least(1), default=100)
+    stream.add_argument("--resolution", type=at_least(1), default=32)
     stream.add_argument("--scene", type=int, default=3, help="which shapes scene moves")
-    stream.add_argument("--hold", type=int, default=10, help="the static clip moves every HOLD frames")
+    stream.add_argument("--hold", type=at_least(1), default=10, help="the static clip moves every HOLD frames")
     stream.add_argument("--threshold", type=float, default=0.98, help="the similarity filter's eta")
-    stream.add_argument("--max-skip-frame", type=int, default=10)
-    stream.add_argument("--repeats", type=int, default=3)
+    stream.add_argument("--max-skip-frame", type=at_least(0), default=10)
+    stream.add_argument("--repeats", type=at_least(1), default=3)
     stream.add_argument("--seed", type=int, default=0)
     stream.set_defaults(run=bench_stream)
 
@@ -361,4 +365,4 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from addlib.errors import check_config
+
 
 def save_checkpoint(run_dir: Path, modules: dict, optimizers: dict, state: dict) -> None:
     """Save ``modules`` and ``optimizers`` (name -> object) and the JSON-able ``state`` to ``run_dir``."""
@@ -94,9 +96,10 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
                         run_dir: Path) -> tuple:
     """Parse a training command line: the config's options, then ``--out``, ``--run-dir`` and ``--resume``.
 
-    Returns ``(config, out, run_dir, resume)``. A config with a ``check()`` method is checked first, so a bad
-    value is the error a user sees. Starting afresh in a run folder that holds a checkpoint is refused, so a
-    finished or interrupted run is never overwritten by accident.
+    Returns ``(config, out, run_dir, resume)``. The config is checked first (:func:`addlib.errors.check_config`,
+    then its own ``check()`` method if it has one), so a bad value is the error a user sees. Starting afresh in a
+    run folder that holds a checkpoint is refused, so a finished or interrupted run is never overwritten by
+    accident.
     """
     add_config_options(parser, config_class)
     parser.add_argument("--out", type=Path, default=out, help="where the trained model goes")
@@ -106,6 +109,7 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
     out, run_dir, resume = args.pop("out"), args.pop("run_dir"), args.pop("resume")
     config = config_class(**args)
     try:
+        check_config(config)
         getattr(config, "check", lambda: None)()
     except ValueError as error:
         parser.error(str(error))

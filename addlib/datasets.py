@@ -44,6 +44,7 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
                                  f"{line[:80]!r}") from None
             if not (self.folder / file_name).exists():
                 raise FileNotFoundError(f"{metadata} line {number} names {file_name!r}, which is not in {self.folder}")
+            check_image_file(self.folder / file_name)  # now, not when training first reaches it
             try:
                 check_prompts(tokenizer, [text])
             except ValueError as error:
@@ -70,11 +71,24 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
         return {"pixel_values": load_image(self.folder / file_name, self.resolution), "caption": text}
 
 
+def check_image_file(path: Path) -> None:
+    """Refuse a file Pillow cannot read as an image, naming it (Pillow reads its header and checks it)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as error:  # Pillow raises OSError, SyntaxError or others for a damaged file
+        raise ValueError(f"{path} is not an image Pillow can read ({error.__class__.__name__}); remove it or "
+                         f"replace it") from None
+
+
 def load_image(path: str | Path, resolution: int) -> torch.Tensor:
     """The image at ``path`` as (3, R, R) in [-1, 1]: RGB, the short side resized to ``resolution``, the
     centre cropped to a square."""
     from PIL import Image
 
+    check_image_file(Path(path))
     with Image.open(path) as image:
         image = image.convert("RGB")
         scale = resolution / min(image.size)

@@ -118,12 +118,11 @@ def load_dinov2(model_id: str = DINOV2_ID, image_size: int = 224) -> DINOv2Featu
     """DINOv2 from the Hugging Face hub (or a local folder), wrapped as a feature network. Needs the hub once."""
     from transformers import Dinov2Model
 
-    try:
-        model = Dinov2Model.from_pretrained(model_id)
-    except OSError:
-        raise RuntimeError(f"could not load {model_id!r}: DINOv2 comes from the Hugging Face hub, which this "
-                           f"machine cannot reach (or it is not cached); use the miniature's feature network "
-                           f"addlib.evaluators.load_feature_network() instead") from None
+    from addlib.loading import from_folder_or_hub
+
+    model = from_folder_or_hub(Dinov2Model.from_pretrained, model_id, "DINOv2", "config.json",
+                               "save one with Dinov2Model.save_pretrained",
+                               "use the miniature's feature network (feature_network 'miniature')")
     return DINOv2Features(model, image_size)
 
 

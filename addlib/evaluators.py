@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from addlib.miniature import DATA_DIR
+from addlib.loading import DATA_DIR
 from addlib.shapes import ATTRIBUTES
 
 EVALUATORS_DIR = DATA_DIR / "evaluators"

@@ -15,7 +15,6 @@ README's notebook table with its "Open in Colab" badges.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import re
 import sys
@@ -23,6 +22,8 @@ import tomllib
 from pathlib import Path
 
 import nbformat
+
+from addlib.errors import OneLineParser, run_command
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
@@ -177,12 +178,15 @@ def execute(path: Path, timeout: int = 1200) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.exercises", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is stale")
     parser.add_argument("--execute", nargs="*", type=Path, default=[], metavar="SOLUTION",
                         help="re-run these solution notebooks (outputs stored) before regenerating")
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="the course repository (default: %(default)s)")
     args = parser.parse_args(argv)
+    for path in args.execute:
+        if not path.is_file():
+            parser.error(f"no notebook {path}; name a solution notebook, e.g. solutions/01_forward_process.ipynb")
     for path in args.execute:
         print(f"executing {path} ...", flush=True)
         execute(path)
@@ -195,4 +199,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command(main))

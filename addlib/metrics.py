@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from addlib.errors import check_images
 from addlib.evaluators import AttributeClassifier
 from addlib.shapes import ATTRIBUTES, make_shapes, parse_caption
 
@@ -79,6 +80,7 @@ def _device(model: torch.nn.Module) -> torch.device:
 @torch.no_grad()
 def _classifier_features(images: torch.Tensor, classifier: AttributeClassifier, batch_size: int) -> torch.Tensor:
     """The classifier's penultimate features (N, D) of images (N, 3, 32, 32), computed batch by batch."""
+    check_images("images", images)
     device = _device(classifier)
     return torch.cat([classifier.features(batch.to(device)).cpu() for batch in images.split(batch_size)])
 
@@ -108,6 +110,7 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
     if len(images) != len(prompts) or not prompts:
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image, "
                          f"at least one")
+    check_images("images", images)
     requests = [parse_caption(prompt) for prompt in prompts]  # before the classifier runs: bad prompts fail fast
     device = _device(classifier)
     predicted = torch.cat([classifier.predict(batch.to(device)).cpu() for batch in images.split(batch_size)])
@@ -131,8 +134,7 @@ def count_shapes(images: torch.Tensor, threshold: float = 0.4, min_area: int = 6
     The background's colour is the median of the border pixels, since a shape never covers the whole border.
     Real shapes images all count 1 (``tests/test_metrics.py``); a 0 is a shape too faint to stand out.
     """
-    if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be (N, 3, H, W), got {tuple(images.shape)}")
+    check_images("images", images)
     images = images.detach().float().cpu()
     n, _, h, w = images.shape
     border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., 0], images[..., -1]], dim=-1)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 from tqdm.auto import tqdm
 
+from addlib.errors import check_finite, check_integer
 from addlib.forward_process import per_sample, predict_x0_and_epsilon
 from addlib.miniature import check_prompts
 
@@ -183,7 +184,17 @@ def text_encoder_output(pipe, prompts: list[str]):
     ids = pipe.tokenizer(
         prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
     ).input_ids  # (B, L)
-    return pipe.text_encoder(ids.to(pipe.text_encoder.device))
+    encoder = pipe.text_encoder
+    if encoder.dtype != torch.float64:
+        return encoder(ids.to(encoder.device))
+    # transformers 4.x builds CLIP's causal mask in torch's default dtype, which cannot hold float64's lowest
+    # value: build it in float64 too.
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return encoder(ids.to(encoder.device))
+    finally:
+        torch.set_default_dtype(default)
 
 
 def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
@@ -263,8 +274,9 @@ def sample(
     if guidance_scale < 1:
         raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}; "
                          f"for unconditional images use the prompt \"\"")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_integer("num_inference_steps", num_inference_steps, 1)
+    check_integer("seed", seed, 0)
+    check_integer("batch_size", batch_size, 1)
     factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     height = pipe.unet.config.sample_size * factor if height is None else height
     width = pipe.unet.config.sample_size * factor if width is None else width
@@ -285,6 +297,7 @@ def sample(
         if latents.shape != shape:
             raise ValueError(f"latents must have shape {shape} for {len(prompts)} prompts of {height}x{width} "
                              f"images, got {tuple(latents.shape)}")
+        check_finite("latents", latents)
         initial = latents
     x = initial.to(device=device, dtype=dtype)  # (B, 4, h, w)
 

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import torch
 
+from addlib.errors import check_images
 from addlib.forward_process import predict_x0_and_epsilon
-from addlib.miniature import quiet_diffusers
+from addlib.loading import quiet_diffusers
 from addlib.sampling import check_image_size, ddim_timesteps, encode_prompts
 
 CFG_TYPES = ("none", "full", "self", "initialize")
@@ -100,7 +101,7 @@ class StreamDiffusion:
     scheduler names ``original_inference_steps``), otherwise 50 (999, 979, ...). So [0] is one step from pure
     noise (txt2img), [2] one img2img step from t = 499, [1, 2, 3] three steps from t = 749; the first index
     sets how far the output may move from the input frame. ``frame_buffer_size`` frames go in and come out per
-    call. ``vae`` replaces the pipeline's for encoding and decoding (a tiny VAE, :func:`addlib.miniature.load_tiny_vae`).
+    call. ``vae`` replaces the pipeline's for encoding and decoding (a tiny VAE, :func:`addlib.loading.load_tiny_vae`).
     ``height`` and ``width`` may be any multiple of the VAE's factor. ``seed`` fixes every noise the stream uses.
     """
 
@@ -112,6 +113,9 @@ class StreamDiffusion:
             raise ValueError(f"unknown cfg_type {cfg_type!r}; choose one of {', '.join(CFG_TYPES)}")
         if num_inference_steps is None:
             num_inference_steps = getattr(pipe.scheduler.config, "original_inference_steps", None) or 50
+        if not isinstance(t_index_list, (list, tuple)):
+            raise TypeError(f"t_index_list must be a list of timestep indices such as [2] or [1, 2, 3], got "
+                            f"{t_index_list!r}")
         t_index_list = list(t_index_list)
         if (not t_index_list or any(not isinstance(i, int) or not 0 <= i < num_inference_steps for i in t_index_list)
                 or t_index_list != sorted(set(t_index_list))):
@@ -253,6 +257,7 @@ class StreamDiffusion:
         return x0
 
     def _frames(self, image: torch.Tensor) -> torch.Tensor:
+        check_images("frames", image, ndim=None)
         if image.ndim == 3:
             image = image[None]
         expected = (self.frame_buffer_size, 3, self.height, self.width)

@@ -32,7 +32,6 @@ an uninterrupted one does.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -55,16 +54,17 @@ from addlib.discriminator import (
     paired_generators,
 )
 from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
+from addlib.errors import OneLineParser, check_config, run_command
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise
-from addlib.miniature import (
+from addlib.loading import (
     STUDENT_DIR,
     TEACHER_DIR,
     TINY_VAE_DIR,
     load_pipeline,
     load_tiny_vae,
     quiet_diffusers,
-    save_tokenizer_files,
+    save_pipeline,
 )
 from addlib.sampling import check_image_size, encode_prompts, text_encoder_output
 from addlib.shapes import make_shapes
@@ -128,7 +128,19 @@ class Config:
         return values
 
     def check(self) -> None:
+        """Refuse, in one line, a configuration no run can use: :func:`addlib.errors.check_config`, then ADD's
+        own rules."""
+        check_config(self)
         self.timesteps()
+        if self.teacher_guidance_scale < 1:
+            raise ValueError(f"teacher_guidance_scale must be at least 1 (1 = no guidance), got "
+                             f"{self.teacher_guidance_scale}")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be one of {', '.join(MIXED_PRECISIONS)}, got "
+                             f"{self.mixed_precision!r}")
+        if self.mixed_precision == "fp16" and not torch.cuda.is_available():
+            raise ValueError("mixed_precision 'fp16' needs a CUDA GPU and torch sees none (on a CPU accelerate would "
+                             "quietly train in float32); use --mixed-precision no, or bf16")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.adversarial_weight == 0 and self.distillation_weight == 0:
@@ -137,6 +149,7 @@ class Config:
             raise ValueError(f"lora_rank must be 0 (train every weight) or a positive rank, got {self.lora_rank}")
 
 
+MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers' LoRA scripts
 
 
@@ -379,12 +392,35 @@ def make_student(unet: torch.nn.Module, config: Config) -> torch.nn.Module:
             from peft import LoraConfig
         except ImportError:
             raise ImportError("a LoRA student needs peft: pip install peft") from None
+        smallest = min(min(module.in_features, module.out_features) for name, module in unet.named_modules()
+                       if name.endswith(LORA_TARGETS) and isinstance(module, torch.nn.Linear))
+        if config.lora_rank > smallest:
+            raise ValueError(f"lora_rank {config.lora_rank} is above the rank of the smallest adapted layer "
+                             f"({smallest} features), where a LoRA can add nothing more; use at most {smallest}")
         student.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
                                        target_modules=list(LORA_TARGETS)))
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.train()
     return student
+
+
+def merge_lora(unet: torch.nn.Module) -> torch.nn.Module:
+    """A plain copy of ``unet`` with each LoRA merged into its base weight, W + (alpha / r) B A (Hu et al., 2021,
+    eq. 3): the same UNet class and weight names as the teacher's, so any diffusers release loads it.
+
+    peft merges (the same call in every release); the copy is made from the config, not by diffusers'
+    ``fuse_lora``/``unload_lora``, which before diffusers 0.28 ignore peft's adapters."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+    state = {key.replace(".base_layer.", "."): value for key, value in unet.state_dict().items()
+             if ".lora_" not in key}
+    plain = type(unet).from_config(unet.config).to(device=unet.device, dtype=unet.dtype)
+    plain.load_state_dict(state)
+    return plain
 
 
 def student_pipeline(trainer: ADDTrainer):
@@ -401,8 +437,7 @@ def student_pipeline(trainer: ADDTrainer):
     unet = copy.deepcopy(trainer.accelerator.unwrap_model(trainer.student))
     trainer.ema.copy_to(unet)
     if trainer.config.lora_rank:
-        unet.fuse_lora()
-        unet.unload_lora()
+        unet = merge_lora(unet)
     scheduler = LCMScheduler.from_config(trainer.teacher.scheduler.config,
                                          original_inference_steps=len(trainer.student_timesteps))
     pipe.register_modules(unet=unet.requires_grad_(False).eval(), scheduler=scheduler)
@@ -414,8 +449,7 @@ def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with quiet_diffusers():  # diffusers warns on any .to(float16) and draws a bar for a one-file save
         pipe = copy.deepcopy(student_pipeline(trainer)).to(torch.float16)  # a copy: the teacher stays as it is
-        pipe.save_pretrained(out, safe_serialization=True)
-    save_tokenizer_files(out / "tokenizer")
+        save_pipeline(pipe, out)
     recipe = {
         "command": command_line("addlib.train_add", state["config"]),
         "config": state["config"],
@@ -432,9 +466,9 @@ def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m addlib.train_add", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.train_add", description=__doc__.split("\n\n")[0])
     train(*parse_run_arguments(parser, argv, Config, STUDENT_DIR, Path("runs/add")))
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

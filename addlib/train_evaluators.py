@@ -20,7 +20,6 @@ per attribute on 2,000 reference images of seed 7.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from addlib.errors import OneLineParser, check_config, run_command
 from addlib.checkpoints import add_config_options, command_line, resume_checkpoint, save_checkpoint
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
 from addlib.metrics import real_images
@@ -86,6 +86,7 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
 
     Checkpoints go to ``run_dir / name``; with ``resume`` the run goes on from there exactly as if uninterrupted.
     """
+    check_config(config)
     torch.manual_seed(config.seed)  # the initial weights
     model = NETWORKS[name]()
     steps, peak_lr = getattr(config, f"{name}_steps"), getattr(config, f"{name}_lr")
@@ -136,7 +137,7 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m addlib.train_evaluators", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.train_evaluators", description=__doc__.split("\n\n")[0])
     add_config_options(parser, Config)
     parser.add_argument("--which", choices=[*NETWORKS, "both"], default="both", help="which network to train")
     parser.add_argument("--steps", type=int, help="train each network this many steps (overrides *-steps)")
@@ -149,6 +150,10 @@ def main(argv: list[str] | None = None) -> None:
     if steps is not None:
         args |= {"classifier_steps": steps, "vit_steps": steps}
     config = Config(**args)
+    try:
+        check_config(config)
+    except ValueError as error:
+        parser.error(str(error))
     names = list(NETWORKS) if which == "both" else [which]
     if not resume and any((run_dir / name / "checkpoint.json").exists() for name in names):
         parser.error(f"{run_dir} already holds checkpoints: pass --resume to continue them, or another --run-dir")
@@ -159,4 +164,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

@@ -22,7 +22,6 @@ with ``recipe.json`` (configuration, time taken, final losses).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import dataclasses
 import json
@@ -36,9 +35,11 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
+from addlib.errors import OneLineParser, check_config, run_command
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise, get_velocity
-from addlib.miniature import TEACHER_DIR, build_pipeline, save_tokenizer_files
+from addlib.loading import TEACHER_DIR, save_pipeline
+from addlib.miniature import build_pipeline
 from addlib.sampling import encode_prompts
 from addlib.shapes import make_shapes
 
@@ -131,6 +132,7 @@ def latent_scaling_factor(vae, resolution: int, seed: int) -> float:
 
 
 def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
+    check_config(config)
     pipe = build_pipeline(config.seed)
     ema_unet = copy.deepcopy(pipe.unet).requires_grad_(False)
     vae_opt = torch.optim.AdamW(pipe.vae.parameters(), lr=config.vae_lr)
@@ -212,8 +214,7 @@ def export(pipe, ema_unet, state: dict, out: Path) -> None:
     reference = _probe_output(pipe)
     pipe.to(torch.float16)
     out.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(out, safe_serialization=True)
-    save_tokenizer_files(out / "tokenizer")
+    save_pipeline(pipe, out)
     pipe.to(torch.float32)
     fp16_error = (_probe_output(pipe) - reference).abs().max().item()
     recipe = {
@@ -241,9 +242,9 @@ def _probe_output(pipe) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m addlib.train_teacher", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.train_teacher", description=__doc__.split("\n\n")[0])
     train(*parse_run_arguments(parser, argv, Config, TEACHER_DIR, Path("runs/teacher")))
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

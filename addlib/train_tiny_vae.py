@@ -19,7 +19,6 @@ evaluators' 1, ADD's 2, the references' 7). ``python -m addlib.bench teacher`` m
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -32,7 +31,9 @@ from diffusers import AutoencoderTiny
 from tqdm.auto import tqdm
 
 from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
-from addlib.miniature import TEACHER_DIR, TINY_VAE_CONFIG, TINY_VAE_DIR, load_pipeline
+from addlib.errors import OneLineParser, check_config, run_command
+from addlib.loading import TEACHER_DIR, TINY_VAE_DIR, load_pipeline
+from addlib.miniature import TINY_VAE_CONFIG
 from addlib.shapes import make_shapes
 from addlib.train_teacher import lr_at, step_generator
 
@@ -64,6 +65,7 @@ def tiny_vae_loss(tiny: AutoencoderTiny, vae, images: torch.Tensor, generator: t
 
 
 def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
+    check_config(config)
     vae = load_pipeline(TEACHER_DIR, device="cpu").vae.requires_grad_(False)
     torch.manual_seed(config.seed)
     tiny = AutoencoderTiny(**TINY_VAE_CONFIG)
@@ -105,9 +107,9 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m addlib.train_tiny_vae", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.train_tiny_vae", description=__doc__.split("\n\n")[0])
     train(*parse_run_arguments(parser, argv, Config, TINY_VAE_DIR, Path("runs/tiny_vae")))
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main)

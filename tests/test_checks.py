@@ -157,7 +157,7 @@ def test_guidance_checker_names_the_mistake(wrong, hint):
 
 @pytest.fixture(scope="module")
 def teacher():
-    from addlib.miniature import load_pipeline
+    from addlib.loading import load_pipeline
 
     pipe = load_pipeline()
     for part in (pipe.unet, pipe.vae, pipe.text_encoder):

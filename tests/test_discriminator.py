@@ -165,6 +165,6 @@ def test_dinov2_has_the_feature_network_interface():
 
 
 def test_dinov2_offline_says_it_needs_the_hub():
-    with pytest.raises(RuntimeError, match="Hugging Face hub") as error:
+    with pytest.raises(OSError, match="could not load DINOv2 'facebook/dinov2-small': .*Hugging Face hub") as error:
         load_dinov2()
     assert "\n" not in str(error.value)

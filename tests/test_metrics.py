@@ -78,22 +78,23 @@ def test_feature_statistics_and_fid_of_samples():
 
 
 class FakeClassifier(torch.nn.Module):
-    """Reads labels and features from the images: pixel [0, 0, k] holds attribute k's label."""
+    """Reads labels and features from the images: pixel [0, 0, k] holds attribute k's label / 10 (images stay in
+    [-1, 1], as the metrics require)."""
 
     def __init__(self):
         super().__init__()
         self.anchor = torch.nn.Parameter(torch.zeros(()))  # a device to put inputs on
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        return images[:, 0, 0, : len(ATTRIBUTES)].long()
+        return (images[:, 0, 0, : len(ATTRIBUTES)] * 10).round().long()
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        return images[:, 0, 0, :]
+        return images[:, 0, 0, :] * 10
 
 
 def images_reading(labels: list[list[int]]) -> torch.Tensor:
     images = torch.zeros(len(labels), 3, 32, 32)
-    images[:, 0, 0, : len(ATTRIBUTES)] = torch.tensor(labels, dtype=torch.float32)
+    images[:, 0, 0, : len(ATTRIBUTES)] = torch.tensor(labels, dtype=torch.float32) / 10
     return images
 
 
@@ -136,12 +137,24 @@ def test_prompt_accuracy_rejects_a_length_mismatch_and_bad_prompts():
         prompt_accuracy(images_reading([[0] * 5]), ["a red hexagon"], FakeClassifier())
 
 
+def test_metrics_refuse_images_outside_minus_one_to_one():
+    """Images in 0-255 would be read as saturated colours and scored, silently (0.75 on a real set)."""
+    images = (make_shapes(4)[0] + 1) * 127.5
+    with pytest.raises(ValueError, match=r"images must lie in \[-1, 1\], got values from 33 to 252; for 0-255 "
+                                         r"values use images / 127.5 - 1"):
+        prompt_accuracy(images, ["a circle"] * 4, FakeClassifier())
+    with pytest.raises(ValueError, match=r"images must lie in \[-1, 1\]"):
+        shapes_fid(images, images, FakeClassifier())
+    with pytest.raises(ValueError, match=r"floating point in \[-1, 1\], got torch.uint8"):
+        count_shapes(images.to(torch.uint8))
+
+
 def test_shapes_fid_compares_feature_distributions():
     generator = torch.Generator().manual_seed(4)
-    a = torch.randn(2000, 3, 32, 32, generator=generator)
-    b = torch.randn(2000, 3, 32, 32, generator=generator)
+    a = torch.randn(2000, 3, 32, 32, generator=generator) / 10  # images in [-1, 1]; features (x 10) unit normal
+    b = torch.randn(2000, 3, 32, 32, generator=generator) / 10
     shifted = b.clone()
-    shifted[:, 0, 0, :] += 2  # every feature's mean moves by 2: 32 dimensions -> about 32 * 4
+    shifted[:, 0, 0, :] += 0.2  # every feature's mean moves by 2: 32 dimensions -> about 32 * 4
     near, far = shapes_fid(a, b, FakeClassifier(), batch_size=700), shapes_fid(a, shifted, FakeClassifier())
     assert near < 1 and far == pytest.approx(128, rel=0.05)
 
@@ -163,5 +176,5 @@ def test_count_shapes_finds_one_shape_in_every_real_image_and_counts_blobs():
     canvas[3, :, 4:10, 4:10] = 1.0
     canvas[3, :, 20:22, 20:22] = 1.0  # a 4-pixel speck, below min_area
     assert count_shapes(canvas).tolist() == [0, 1, 2, 1]
-    with pytest.raises(ValueError, match=r"must be \(N, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"must have shape \(N, 3, H, W\)"):
         count_shapes(canvas[0])

@@ -1,12 +1,13 @@
 """The stream class computes what the naive per-frame pipeline computes, Stream Batch what the same steps one
 after another compute, and its options (CFG types, frame buffers, prompt changes, filter, sizes) hold."""
 
+import numpy as np
 import pytest
 import torch
 
 from addlib.bench import max_difference
 from addlib.datasets import image_sequence
-from addlib.miniature import STUDENT_DIR, load_pipeline, load_tiny_vae
+from addlib.loading import STUDENT_DIR, load_pipeline, load_tiny_vae
 from addlib.shapes import moving_shapes
 from addlib.stream import SimilarityFilter, StreamDiffusion, diffusers_img2img
 
@@ -161,6 +162,18 @@ def test_bad_input_gets_a_clear_error(student):
     for frame in (torch.zeros(3, 64, 64), torch.zeros(4, 32, 32), torch.zeros(2, 3, 32, 32)):
         with pytest.raises(ValueError, match=r"frames must have shape \(1, 3, 32, 32\)"):
             stream(frame)
+    bad_frames = [
+        (np.zeros((32, 32, 3), dtype=np.uint8), TypeError, r"frames must be a torch.Tensor, got numpy.ndarray"),
+        (torch.zeros(3, 32, 32, dtype=torch.uint8), ValueError, r"floating point in \[-1, 1\], got torch.uint8"),
+        (torch.full((3, 32, 32), 255.0), ValueError, r"must lie in \[-1, 1\], got values from 255 to 255; for "
+                                                     r"0-255 values use images / 127.5 - 1"),
+        (torch.full((3, 32, 32), float("nan")), ValueError, "frames hold NaN or infinite values"),
+    ]
+    for frame, kind, message in bad_frames:
+        with pytest.raises(kind, match=message):
+            stream(frame)
+    with pytest.raises(TypeError, match=r"t_index_list must be a list of timestep indices such as \[2\]"):
+        StreamDiffusion(student, 2)
     with pytest.raises(ValueError, match="unknown word"):
         stream.update_prompt("a red dodecahedron")
     assert stream(torch.zeros(3, 32, 32)).shape == (1, 3, 32, 32)  # the stream goes on with its prompt
@@ -194,3 +207,6 @@ def test_image_sequence_reads_a_folder_in_name_order(tmp_path):
         image_sequence(tmp_path / "empty", 16)
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         image_sequence(tmp_path / "missing", 16)
+    (tmp_path / "c.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(ValueError, match=r"c.png is not an image Pillow can read"):
+        image_sequence(tmp_path, 16)

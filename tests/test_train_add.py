@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from addlib import train_add
 from addlib.checkpoints import add_config_options, command_line
 from addlib.evaluators import TinyViT, save_evaluator
-from addlib.miniature import load_pipeline
+from addlib.loading import load_pipeline
 from addlib.sampling import sample
 from addlib.shapes import make_shapes
 from addlib.train_add import ADDTrainer, Config, student_pipeline, train
@@ -154,8 +154,12 @@ def test_feature_network_is_the_shipped_vit_another_vit_folder_or_dinov2(tmp_pat
     assert isinstance(loaded, TinyViT) and loaded.num_layers == 2
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), other.state_dict().values()))
     assert train_add.feature_network("miniature").num_layers == 6
-    with pytest.raises(RuntimeError, match="Hugging Face hub"):  # anything else is a DINOv2 id, offline here
+    with pytest.raises(FileNotFoundError, match="no DINOv2 folder at .*no-such-folder"):  # not a hub id either
         train_add.feature_network(str(tmp_path / "no-such-folder"))
+    with pytest.raises(OSError, match="could not load DINOv2 'facebook/dinov2-small': .*hub .* offline, use the "
+                                      "miniature's feature network") as error:  # the tests run offline (conftest)
+        train_add.feature_network("facebook/dinov2-small")
+    assert "\n" not in str(error.value)
 
 
 def write_folder(folder, captions):
@@ -187,4 +191,11 @@ def test_an_image_caption_folder_trains_like_the_shapes(tmp_path):
 def test_a_caption_too_long_for_the_tokenizer_is_refused_with_its_line(tmp_path):
     write_folder(tmp_path / "data", ["a red circle", "a a a a a small red circle at the top left on a blue background"])
     with pytest.raises(ValueError, match="metadata.jsonl line 2: prompt .* tokens but the tokenizer allows 16"):
+        ADDTrainer(Config(dataset=str(tmp_path / "data")), Accelerator())
+
+
+def test_an_unreadable_image_is_refused_when_the_folder_is_opened(tmp_path):
+    write_folder(tmp_path / "data", ["a red circle", "a blue square"])
+    (tmp_path / "data" / "1.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"1.png is not an image Pillow can read \(.*\); remove it or replace it"):
         ADDTrainer(Config(dataset=str(tmp_path / "data")), Accelerator())

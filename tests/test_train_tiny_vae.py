@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import load_file
 
 from addlib import train_tiny_vae
-from addlib.miniature import load_tiny_vae
+from addlib.loading import load_tiny_vae
 from addlib.train_tiny_vae import Config, train
 
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
