@@ -90,7 +90,8 @@ def from_folder_or_hub(load, path: str | Path, what: str, marker: str, rebuild: 
     elif not _HUB_ID.match(str(path)) or "--" in str(path) or ".." in str(path) or folder.is_absolute():
         raise FileNotFoundError(f"no {what} folder at {path}; check the path, or {_rebuild_hint(folder, rebuild)}")
     try:
-        return load(path)
+        with _no_loading_bars():
+            return load(path)
     except (OSError, ValueError, SafetensorError) as error:  # huggingface_hub's errors are OSError or ValueError
         if folder.exists():
             first = str(error).splitlines()[0] if str(error) else ""

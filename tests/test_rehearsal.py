@@ -1,0 +1,71 @@
+"""Rehearsal models: the hub architectures from their published configs, loaded as a hub id would be."""
+
+import json
+
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, Dinov2Model
+
+from addlib.discriminator import load_dinov2
+from addlib.loading import load_pipeline, load_tiny_vae
+from addlib.rehearsal import MODELS, REHEARSAL_DIR, build, folder_name, main
+from addlib.sampling import sample
+
+# Parameter counts as the model cards and papers give them: SD 2.x's UNet 865.9M, OpenCLIP-H's text tower (its
+# 23 layers that SD 2 uses) 340.4M, CLIP ViT-L/14's 123.1M, SD's VAE 83.7M; BK-SDM-Tiny's UNet 0.32B.
+PUBLISHED = {
+    "stabilityai/sd-turbo": (865_910_724, 83_653_863, 340_387_840),
+    "stabilityai/stable-diffusion-2-1-base": (865_910_724, 83_653_863, 340_387_840),
+    "nota-ai/bk-sdm-tiny": (323_384_964, 83_653_863, 123_060_480),
+}
+
+
+@pytest.mark.parametrize("model_id", PUBLISHED)
+def test_every_shipped_pipeline_config_has_the_published_architecture(model_id):
+    source = REHEARSAL_DIR / folder_name(model_id)
+    with torch.device("meta"):  # the architecture without its memory: seconds for SD 2.1's 1.3B parameters
+        parts = (UNet2DConditionModel.from_config(json.loads((source / "unet" / "config.json").read_text())),
+                 AutoencoderKL.from_config(json.loads((source / "vae" / "config.json").read_text())),
+                 CLIPTextModel(CLIPTextConfig.from_pretrained(source / "text_encoder")))
+    assert tuple(sum(p.numel() for p in part.parameters()) for part in parts) == PUBLISHED[model_id]
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory):
+    """The small teacher, DINOv2-S and TAESD, built once (about 20 s and 1.2 GB)."""
+    out = tmp_path_factory.mktemp("rehearsal")
+    main(["--models", "nota-ai/bk-sdm-tiny", "facebook/dinov2-small", "madebyollin/taesd", "--out", str(out)])
+    return out
+
+
+def test_a_rehearsal_pipeline_loads_and_samples_as_the_hub_model_would(rehearsal):
+    folder = rehearsal / "nota-ai--bk-sdm-tiny"
+    shipped = REHEARSAL_DIR / "nota-ai--bk-sdm-tiny"
+    assert (folder / "model_index.json").read_bytes() == (shipped / "model_index.json").read_bytes()
+    pipe = load_pipeline(folder, device="cpu")
+    assert type(pipe.scheduler).__name__ == "PNDMScheduler" and pipe.scheduler.config.prediction_type == "epsilon"
+    assert len(pipe.tokenizer) == 49408 and pipe.tokenizer.model_max_length == 77
+    assert pipe.tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]  # CLIP's ids
+    images = sample(pipe, ["a photo of a cat"], num_inference_steps=1, height=64, width=64)
+    assert images.shape == (1, 3, 64, 64) and torch.isfinite(images).all()
+
+
+def test_rehearsal_feature_network_and_tiny_vae_load_through_the_hub_loaders(rehearsal):
+    dinov2 = load_dinov2(str(rehearsal / "facebook--dinov2-small"), image_size=56)
+    assert isinstance(dinov2.model, Dinov2Model)
+    tokens = dinov2.features(torch.rand(2, 3, 64, 64) * 2 - 1, [2, 5, 8, 11])  # ADD's blocks
+    assert [tuple(t.shape) for t in tokens] == [(2, 1 + 4 * 4, 384)] * 4  # CLS + (56 / 14)^2 patches, ViT-S width
+    tiny = load_tiny_vae(rehearsal / "madebyollin--taesd", device="cpu")
+    assert tiny.decode(torch.randn(1, 4, 8, 8)).sample.shape == (1, 3, 64, 64)
+
+
+def test_build_keeps_a_whole_folder_and_refuses_an_unknown_model(rehearsal):
+    folder = rehearsal / "madebyollin--taesd"
+    before = (folder / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns
+    assert build("madebyollin/taesd", rehearsal) == folder
+    assert (folder / "diffusion_pytorch_model.safetensors").stat().st_mtime_ns == before
+    assert not list(rehearsal.glob("*.partial"))
+    with pytest.raises(ValueError, match="no rehearsal configs for 'runwayml/stable-diffusion-v1-5'; choose from"):
+        build("runwayml/stable-diffusion-v1-5", rehearsal)
+    assert set(MODELS) == {*PUBLISHED, "facebook/dinov2-small", "madebyollin/taesd"}
