@@ -93,8 +93,10 @@ def command_line(module: str, config: dict) -> str:
 
 
 def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None, config_class: type, out: Path,
-                        run_dir: Path) -> tuple:
-    """Parse a training command line: the config's options, then ``--out``, ``--run-dir`` and ``--resume``.
+                        run_dir: Path, presets: dict[str, dict] | None = None) -> tuple:
+    """Parse a training command line: the config's options, then ``--out``, ``--run-dir`` and ``--resume``, and
+    ``--preset NAME`` when ``presets`` (name -> field values) are given: the preset's values replace the config's
+    defaults, and any option given on the command line replaces those.
 
     Returns ``(config, out, run_dir, resume)``. The config is checked first (:func:`addlib.errors.check_config`,
     then its own ``check()`` method if it has one), so a bad value is the error a user sees. Starting afresh in a
@@ -102,11 +104,16 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
     accident.
     """
     add_config_options(parser, config_class)
+    if presets:
+        parser.add_argument("--preset", choices=list(presets), default=next(iter(presets)),
+                            help="a named configuration to start from (default: %(default)s)")
+        parser.set_defaults(**presets[parser.parse_known_args(argv)[0].preset])
     parser.add_argument("--out", type=Path, default=out, help="where the trained model goes")
     parser.add_argument("--run-dir", type=Path, default=run_dir, help="checkpoints and logs")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --run-dir")
     args = vars(parser.parse_args(argv))
     out, run_dir, resume = args.pop("out"), args.pop("run_dir"), args.pop("resume")
+    args.pop("preset", None)
     config = config_class(**args)
     try:
         check_config(config)

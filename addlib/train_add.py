@@ -6,13 +6,16 @@
     accelerate launch --multi_gpu -m addlib.train_add ...               # the same loop on several GPUs
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m addlib.train_add   # ... or on two CPU processes (gloo)
     python -m addlib.train_add --lora-rank 8 --gradient-checkpointing --mixed-precision fp16   # a 16 GB card
+    python -m addlib.train_add --preset stable-diffusion --dataset my_data/ ...   # a hub teacher, SD's settings
 
 Each step follows the paper's Fig. 2 and section 3:
 
 1. real images x0 with their captions; the VAE's latents z0; a student timestep s drawn from ``T_student`` and
-   z_s = alpha_s z0 + sigma_s eps, the student's own forward process (zero terminal SNR: s = 999 is pure noise);
-2. the student, initialised from the teacher's UNet (Table 1c: a random init fails), predicts x0 in one step:
-   z_theta = alpha_s z_s - sigma_s v_theta(z_s, s, c);
+   z_s = alpha_s z0 + sigma_s eps, on the teacher's own schedule (the miniature's reaches zero terminal SNR, so
+   s = 999 is pure noise there; see "Hub teachers" below);
+2. the student, initialised from the teacher's UNet (Table 1c: a random init fails), predicts x0 in one step,
+   in the teacher's parameterisation: z_theta = alpha_s z_s - sigma_s v_theta(z_s, s, c) for the miniature's
+   v-prediction, (z_s - sigma_s eps_theta(z_s, s, c)) / alpha_s for an epsilon-predicting SD;
 3. generator update: L = L_adv^G(decode(z_theta)) + lambda * L_distill(z_theta); the paper's lambda is 2.5,
    the miniature's 25 (measured in docs/benchmarks.md)
    (:mod:`addlib.discriminator`, :mod:`addlib.distillation`);
@@ -24,6 +27,15 @@ For small GPUs: ``lora_rank`` trains a low-rank adapter (Hu et al., 2022) on the
 instead of every weight (peft), merged into the UNet on export; ``gradient_checkpointing`` recomputes the UNet's
 activations in the backward pass; ``tiny_vae`` decodes the student's latents to pixels, for both losses, with a
 small ``AutoencoderTiny`` instead of the teacher's VAE.
+
+Hub teachers keep their schedule and parameterisation. SD 1.x and 2.x (BK-SDM, SD 2.1-base, SD-Turbo) predict
+epsilon on a scaled-linear schedule whose alpha-bar(999) is 0.0047, not 0. The student keeps both, as SD-Turbo
+did: it starts as the teacher only if it predicts what the teacher predicts (Table 1c), and an
+epsilon-predicting UNet cannot give x0 at zero SNR at all (it divides by alpha_s = 0). So at s = 999 the
+student trains on z_999 = 0.068 z0 + 0.998 eps, a trace of the image that pure noise at sampling time lacks,
+and its x0 = (z_999 - 0.998 eps_theta) / 0.068 multiplies its noise error by 15. Both are small next to the
+alternative, a student rescaled to zero terminal SNR and v-prediction (Lin et al., 2024) that would start from
+an UNet trained for other outputs. ``STABLE_DIFFUSION`` holds the paper's settings for such a teacher.
 
 Every random number of step ``s`` on process ``p`` comes from a generator seeded with ``(seed, s, p)`` and the
 images are ``make_shapes(..., start=(s * processes + p) * batch_size)``, so a resumed run repeats exactly what
@@ -127,6 +139,11 @@ class Config:
             raise ValueError(f"student_timesteps repeats a timestep: {self.student_timesteps!r}")
         return values
 
+    @classmethod
+    def stable_diffusion(cls, **changes) -> Config:
+        """The paper's settings for a hub Stable Diffusion (``STABLE_DIFFUSION``), with ``changes`` on top."""
+        return cls(**(STABLE_DIFFUSION | changes))
+
     def check(self) -> None:
         """Refuse, in one line, a configuration no run can use: :func:`addlib.errors.check_config`, then ADD's
         own rules."""
@@ -149,6 +166,27 @@ class Config:
             raise ValueError(f"lora_rank must be 0 (train every weight) or a positive rank, got {self.lora_rank}")
 
 
+# Stable Diffusion's settings (Sauer et al., 2023, sections 3-4 and the appendix), for a hub teacher at 512
+# pixels; Config's defaults are the miniature's measured recipe. Memory options (lora_rank, gradient_checkpointing,
+# tiny_vae, mixed_precision) are not part of the method: notebook 06 adds what a small card needs.
+DINOV2_TOKENS = 1 + (224 // 14) ** 2  # CLS + 16 x 16 patches: what each head reads of DINOv2-S at 224 pixels
+STABLE_DIFFUSION = dict(
+    teacher="nota-ai/bk-sdm-tiny",  # a small SD 1.x; the paper's is SD 2.1 (stabilityai/stable-diffusion-2-1-base)
+    resolution=512,  # SD's own
+    lr=1e-5,  # the paper's, for a UNet of hundreds of millions of parameters
+    discriminator_lr=1e-5,  # the paper gives one learning rate for both networks
+    distillation_weight=2.5,  # lambda, the paper's
+    teacher_guidance_scale=7.5,  # Stable Diffusion's usual guidance for the teacher's targets
+    feature_network="facebook/dinov2-small",  # DINOv2 ViT-S/14, the paper's discriminator features
+    discriminator_layers="2,5,8,11",  # four evenly spaced blocks of twelve, as StyleGAN-T hooks DINO
+    discriminator_conditioning="text,image",  # c_text and c_img, the paper's (Table 1b)
+    augment="color,translation,cutout",  # DiffAugment's full policy: DINO's features need it, captions stay true
+    # The paper's gamma = 1e-5 weighs StyleGAN's (gamma / 2) ||grad of a head's summed token logits||^2; here R1 is
+    # ||grad of the head's *mean* token logit||^2 (r1_penalty), N = 257 times smaller a gradient, so the same
+    # penalty is gamma * N^2 / 2 = 0.33.
+    r1_weight=1e-5 * DINOV2_TOKENS**2 / 2,
+)
+PRESETS = {"miniature": {}, "stable-diffusion": STABLE_DIFFUSION}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers' LoRA scripts
 
@@ -467,7 +505,7 @@ def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = OneLineParser(prog="python -m addlib.train_add", description=__doc__.split("\n\n")[0])
-    train(*parse_run_arguments(parser, argv, Config, STUDENT_DIR, Path("runs/add")))
+    train(*parse_run_arguments(parser, argv, Config, STUDENT_DIR, Path("runs/add"), PRESETS))
 
 
 if __name__ == "__main__":

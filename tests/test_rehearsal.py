@@ -69,3 +69,39 @@ def test_build_keeps_a_whole_folder_and_refuses_an_unknown_model(rehearsal):
     with pytest.raises(ValueError, match="no rehearsal configs for 'runwayml/stable-diffusion-v1-5'; choose from"):
         build("runwayml/stable-diffusion-v1-5", rehearsal)
     assert set(MODELS) == {*PUBLISHED, "facebook/dinov2-small", "madebyollin/taesd"}
+
+
+def test_add_on_a_hub_architecture_keeps_the_teachers_schedule_and_exports_a_student_that_samples_with_it(
+        rehearsal):
+    """SD predicts epsilon on a schedule whose alpha-bar(999) is 0.0047: the student keeps both (train_add's
+    "Hub teachers"). Its x0 at s = 999 is finite, a LoRA step on the real architecture runs, and the exported
+    pipeline samples on the same schedule, as diffusers' own call does."""
+    from accelerate import Accelerator
+
+    from addlib.distillation import denoise
+    from addlib.train_add import ADDTrainer, Config, student_pipeline
+
+    config = Config.stable_diffusion(
+        teacher=str(rehearsal / "nota-ai--bk-sdm-tiny"), feature_network=str(rehearsal / "facebook--dinov2-small"),
+        tiny_vae=str(rehearsal / "madebyollin--taesd"), resolution=64, batch_size=1, steps=1, lora_rank=4,
+        gradient_checkpointing=True)
+    trainer = ADDTrainer(config, Accelerator(cpu=True))
+    scheduler = trainer.teacher.scheduler
+    assert scheduler.config.prediction_type == "epsilon"
+    assert scheduler.alphas_cumprod[999].item() == pytest.approx(0.0047, abs=1e-4)  # SD's schedule, kept
+    inputs = trainer.inputs(0)
+    s = torch.tensor([999])
+    noisy = scheduler.add_noise(inputs["latents"], inputs["noise"], s)
+    with torch.no_grad():
+        x0 = denoise(trainer.student, scheduler, noisy, s, inputs["text"])[0]
+    assert torch.isfinite(x0).all() and x0.abs().max() < 1e3
+    losses = trainer.step(0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+
+    student = student_pipeline(trainer)
+    assert torch.equal(student.scheduler.alphas_cumprod, scheduler.alphas_cumprod)
+    prompt = ["a photo of a red bicycle"]
+    ours = sample(student, prompt, 1, sampler="add", seed=3, height=64, width=64)
+    theirs = student(prompt, num_inference_steps=1, guidance_scale=0, height=64, width=64, output_type="pt",
+                     generator=torch.Generator().manual_seed(3)).images * 2 - 1
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)

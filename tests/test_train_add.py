@@ -13,7 +13,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from addlib import train_add
-from addlib.checkpoints import add_config_options, command_line
+from addlib.checkpoints import add_config_options, command_line, parse_run_arguments
+from addlib.discriminator import DIFFAUGMENT_POLICY
+from addlib.errors import OneLineParser
 from addlib.evaluators import TinyViT, save_evaluator
 from addlib.loading import load_pipeline
 from addlib.sampling import sample
@@ -199,3 +201,21 @@ def test_an_unreadable_image_is_refused_when_the_folder_is_opened(tmp_path):
     (tmp_path / "data" / "1.png").write_text("not an image")
     with pytest.raises(ValueError, match=r"1.png is not an image Pillow can read \(.*\); remove it or replace it"):
         ADDTrainer(Config(dataset=str(tmp_path / "data")), Accelerator())
+
+
+def test_the_stable_diffusion_preset_is_the_papers_not_the_miniatures(tmp_path):
+    miniature, real = Config(), Config.stable_diffusion()
+    for field in ("lr", "discriminator_lr", "augment", "discriminator_conditioning", "distillation_weight",
+                  "feature_network", "discriminator_layers", "r1_weight", "resolution", "teacher"):
+        assert getattr(real, field) != getattr(miniature, field), field
+    assert (real.lr, real.distillation_weight, real.discriminator_conditioning) == (1e-5, 2.5, "text,image")
+    assert set(real.augment.split(",")) == set(DIFFAUGMENT_POLICY)
+    assert real.r1_weight == pytest.approx(1e-5 * 257**2 / 2)  # the paper's gamma for 257 DINOv2-S tokens
+    real.check()
+    argv = ["--preset", "stable-diffusion", "--lr", "2e-5"]  # an option given replaces the preset's value
+    config, *_ = parse_run_arguments(OneLineParser(), argv, Config, tmp_path / "out", tmp_path / "run",
+                                     train_add.PRESETS)
+    assert config == Config.stable_diffusion(lr=2e-5)
+    config, *_ = parse_run_arguments(OneLineParser(), [], Config, tmp_path / "out", tmp_path / "run",
+                                     train_add.PRESETS)
+    assert config == miniature
