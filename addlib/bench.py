@@ -7,6 +7,7 @@ Run a subcommand from the repository root, e.g.::
     python -m addlib.bench teacher                             # quality and speed against sampling steps
     python -m addlib.bench add                                 # the ADD student against the teacher
     python -m addlib.bench stream                              # streaming: naive loop, Stream Batch, filter, tiny VAE
+    python -m addlib.bench rehearsal                           # ADD's memory options at real scale, random weights
 
 One function per subcommand; each builds a list of rows (dicts with the same keys) and hands it to
 :func:`print_table`, so the tables in the notebooks and docs can be pasted straight from the terminal.
@@ -22,6 +23,7 @@ import torch
 
 from addlib.errors import OneLineParser, at_least, run_command
 from addlib.loading import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
+from addlib.rehearsal import MEMORY_OPTIONS
 from addlib.shapes import ATTRIBUTES, make_shapes
 
 
@@ -305,6 +307,60 @@ def _print_stream_bars(rows: list[dict], skipped: float) -> None:
           f"{expected:.2f}x expected (bar: within 10%): {_verdict(gain >= 0.9 * expected)}")
 
 
+def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
+    """ADD at real scale on the rehearsal models (:mod:`addlib.rehearsal`: the hub architectures, random weights):
+    seconds per step and peak memory for each memory option, the student's one-step sampling time, and the
+    one-step stream's frames per second with TAESD. Each measurement runs in a fresh process, so each peak is its
+    own; the rows are timed round by round (A B C D E, A B C D E), and each row's time relative to the first is
+    taken within a round, as the machine's speed drifts between rounds. Returns the training rows."""
+    from addlib.rehearsal import (
+        build,
+        in_fresh_process,
+        measure_stream,
+        measure_training,
+        memory_option_changes,
+    )
+
+    cuda = torch.cuda.is_available()
+    teacher = args.teacher or ("stabilityai/stable-diffusion-2-1-base" if cuda else "nota-ai/bk-sdm-tiny")
+    resolution, batch_size = args.resolution or (512 if cuda else 64), args.batch_size or (4 if cuda else 1)
+    steps = args.steps or (3 if cuda else 1)
+    dinov2, taesd = "facebook/dinov2-small", "madebyollin/taesd"
+    folders = {model: str(build(model, args.out)) for model in (teacher, dinov2, taesd, args.stream_model)}
+    base = dict(teacher=folders[teacher], feature_network=folders[dinov2], resolution=resolution,
+                batch_size=batch_size, steps=steps + 1)
+    runs = {option: [] for option in args.options}
+    for _ in range(args.rounds):
+        for option in args.options:
+            sample_images = args.sample_images if option == args.options[-1] else 0
+            runs[option].append(in_fresh_process(measure_training, base | memory_option_changes(option, folders[taesd]),
+                                                 steps, sample_images))
+    first = runs[args.options[0]]
+    rows = [{"memory options": option,
+             "s/step": f"{sum(r['seconds'] for r in results) / len(results):.2f}",
+             f"time vs {args.options[0]!r}": f"{_mean_ratio(results, first):.2f}",
+             "peak memory (GiB)": f"{max(r['peak'] for r in results):.1f}"} for option, results in runs.items()]
+    streams = [in_fresh_process(measure_stream, folders[args.stream_model], folders[taesd], resolution, args.num_frames)
+               for _ in range(args.rounds)]
+    where = (f"{torch.cuda.get_device_name()}, peak memory allocated by torch" if cuda
+             else f"CPU, {torch.get_num_threads()} threads, peak resident memory of the process")
+    print(f"ADD on {teacher}'s architecture (random weights), DINOv2-S, {resolution}x{resolution}, batch {batch_size}, "
+          f"mean of {args.rounds} rounds of {steps} timed steps after a warm-up; {where}")
+    print_table(rows)
+    sampled = runs[args.options[-1]]
+    print(f"\nthe exported student ({args.options[-1]}), one step at {resolution}x{resolution}: "
+          f"{sum(r['sample_seconds'] for r in sampled) / len(sampled):.3f} s per image")
+    print(f"{args.stream_model}'s architecture streaming one img2img step with TAESD at {resolution}x{resolution}: "
+          f"{max(s['fps'] for s in streams):.1f} fps (best of {args.rounds}), peak "
+          f"{max(s['peak'] for s in streams):.1f} GiB")
+    return rows
+
+
+def _mean_ratio(results: list[dict], reference: list[dict]) -> float:
+    """The mean over rounds of each round's seconds over the reference row's seconds in the same round."""
+    return sum(r["seconds"] / f["seconds"] for r, f in zip(results, reference)) / len(reference)
+
+
 def _add_prompts_seed(parser: argparse.ArgumentParser) -> None:
     from addlib.metrics import REFERENCE_SEED
 
@@ -359,6 +415,21 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     stream.add_argument("--repeats", type=at_least(1), default=3)
     stream.add_argument("--seed", type=int, default=0)
     stream.set_defaults(run=bench_stream)
+
+    rehearsal = subcommands.add_parser("rehearsal", help="ADD and streaming on the hub architectures, random weights")
+    rehearsal.add_argument("--teacher", help="hub id of the teacher's architecture (default: SD 2.1-base on CUDA, "
+                                             "BK-SDM-Tiny on a CPU)")
+    rehearsal.add_argument("--stream-model", default="stabilityai/sd-turbo", help="hub id of the streamed model")
+    rehearsal.add_argument("--resolution", type=at_least(8), help="default: 512 on CUDA, 64 on a CPU")
+    rehearsal.add_argument("--batch-size", type=at_least(1), help="default: 4 on CUDA, 1 on a CPU")
+    rehearsal.add_argument("--steps", type=at_least(1), help="timed steps per row (default: 3 on CUDA, 1 on a CPU)")
+    rehearsal.add_argument("--rounds", type=at_least(1), default=2)
+    rehearsal.add_argument("--options", nargs="+", default=list(MEMORY_OPTIONS), choices=MEMORY_OPTIONS,
+                           help="memory options to time, each with the ones before it in this list")
+    rehearsal.add_argument("--sample-images", type=at_least(1), default=4)
+    rehearsal.add_argument("--num-frames", type=at_least(2), default=8)
+    rehearsal.add_argument("--out", type=Path, default=Path("runs/rehearsal"), help="where the models are built")
+    rehearsal.set_defaults(run=bench_rehearsal)
 
     args = parser.parse_args(argv)
     return args.run(args)

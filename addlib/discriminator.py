@@ -102,7 +102,8 @@ class DINOv2Features(nn.Module):
     def _run(self, images: torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"DINOv2 expects RGB images (B, 3, H, W) in [-1, 1], got {tuple(images.shape)}")
-        x = F.interpolate((images + 1) / 2, size=(self.image_size, self.image_size), mode="bilinear",
+        # In float32: under bf16 autocast on a CPU, torch has no antialiased resize for bf16.
+        x = F.interpolate((images.float() + 1) / 2, size=(self.image_size, self.image_size), mode="bilinear",
                           antialias=True, align_corners=False)
         return self.model(pixel_values=(x - self.mean) / self.std, output_hidden_states=True)
 

@@ -456,7 +456,8 @@ def merge_lora(unet: torch.nn.Module) -> torch.nn.Module:
             module.merge()
     state = {key.replace(".base_layer.", "."): value for key, value in unet.state_dict().items()
              if ".lora_" not in key}
-    plain = type(unet).from_config(unet.config).to(device=unet.device, dtype=unet.dtype)
+    with quiet_diffusers():  # diffusers warns on any .to(dtype)
+        plain = type(unet).from_config(unet.config).to(device=unet.device, dtype=unet.dtype)
     plain.load_state_dict(state)
     return plain
 

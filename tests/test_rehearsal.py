@@ -105,3 +105,16 @@ def test_add_on_a_hub_architecture_keeps_the_teachers_schedule_and_exports_a_stu
     theirs = student(prompt, num_inference_steps=1, guidance_scale=0, height=64, width=64, output_type="pt",
                      generator=torch.Generator().manual_seed(3)).images * 2 - 1
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=0)
+
+
+def test_the_rehearsal_bench_times_memory_options_in_fresh_processes_and_streams(rehearsal, capsys):
+    from addlib import bench
+
+    rows = bench.main(["rehearsal", "--teacher", "nota-ai/bk-sdm-tiny", "--options", "none", "+ TAESD",
+                       "--rounds", "1", "--stream-model", "nota-ai/bk-sdm-tiny", "--out", str(rehearsal),
+                       "--resolution", "64", "--batch-size", "1", "--steps", "1", "--num-frames", "2",
+                       "--sample-images", "1"])
+    out = capsys.readouterr().out
+    assert [row["memory options"] for row in rows] == ["none", "+ TAESD"]
+    assert rows[0]["time vs 'none'"] == "1.00" and all(float(row["peak memory (GiB)"]) > 0 for row in rows)
+    assert "64x64, batch 1" in out and "s per image" in out and "fps (best of 1)" in out
