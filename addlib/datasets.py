@@ -71,6 +71,10 @@ class ImageCaptionFolder(torch.utils.data.Dataset):
         return {"pixel_values": load_image(self.folder / file_name, self.resolution), "caption": text}
 
 
+def _unreadable(path: Path, error: Exception) -> ValueError:
+    return ValueError(f"{path} is not an image Pillow can read ({error.__class__.__name__}); remove it or replace it")
+
+
 def check_image_file(path: Path) -> None:
     """Refuse a file Pillow cannot read as an image, naming it (Pillow reads its header and checks it)."""
     from PIL import Image
@@ -79,8 +83,7 @@ def check_image_file(path: Path) -> None:
         with Image.open(path) as image:
             image.verify()
     except Exception as error:  # Pillow raises OSError, SyntaxError or others for a damaged file
-        raise ValueError(f"{path} is not an image Pillow can read ({error.__class__.__name__}); remove it or "
-                         f"replace it") from None
+        raise _unreadable(path, error) from None
 
 
 def load_image(path: str | Path, resolution: int) -> torch.Tensor:
@@ -88,15 +91,17 @@ def load_image(path: str | Path, resolution: int) -> torch.Tensor:
     centre cropped to a square."""
     from PIL import Image
 
-    check_image_file(Path(path))
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        scale = resolution / min(image.size)
-        width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
-        image = image.resize((width, height), Image.Resampling.BICUBIC)
-        left, top = (width - resolution) // 2, (height - resolution) // 2
-        image = image.crop((left, top, left + resolution, top + resolution))
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except Exception as error:  # as in check_image_file
+        raise _unreadable(Path(path), error) from None
+    scale = resolution / min(image.size)
+    width, height = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+    image = image.resize((width, height), Image.Resampling.BICUBIC)
+    left, top = (width - resolution) // 2, (height - resolution) // 2
+    image = image.crop((left, top, left + resolution, top + resolution))
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
     return pixels.permute(2, 0, 1)
 
 
