@@ -328,18 +328,20 @@ def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
     dinov2, taesd = "facebook/dinov2-small", "madebyollin/taesd"
     folders = {model: str(build(model, args.out)) for model in (teacher, dinov2, taesd, args.stream_model)}
     base = dict(teacher=folders[teacher], feature_network=folders[dinov2], resolution=resolution,
-                batch_size=batch_size, steps=steps + 1)
+                batch_size=batch_size)
     runs = {option: [] for option in args.options}
     for _ in range(args.rounds):
         for option in args.options:
             sample_images = args.sample_images if option == args.options[-1] else 0
             runs[option].append(in_fresh_process(measure_training, base | memory_option_changes(option, folders[taesd]),
-                                                 steps, sample_images))
+                                                 steps, sample_images, args.count_flops))
     first = runs[args.options[0]]
     rows = [{"memory options": option,
              "s/step": f"{sum(r['seconds'] for r in results) / len(results):.2f}",
              f"time vs {args.options[0]!r}": f"{_mean_ratio(results, first):.2f}",
-             "peak memory (GiB)": f"{max(r['peak'] for r in results):.1f}"} for option, results in runs.items()]
+             "peak memory (GiB)": f"{max(r['peak'] for r in results):.1f}",
+             **({"TFLOP/step": f"{results[0]['flops'] / 1e12:.2f}"} if args.count_flops else {})}
+            for option, results in runs.items()]
     streams = [in_fresh_process(measure_stream, folders[args.stream_model], folders[taesd], resolution, args.num_frames)
                for _ in range(args.rounds)]
     where = (f"{torch.cuda.get_device_name()}, peak memory allocated by torch" if cuda
@@ -427,6 +429,7 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     rehearsal.add_argument("--options", nargs="+", default=list(MEMORY_OPTIONS), choices=MEMORY_OPTIONS,
                            help="memory options to time, each with the ones before it in this list")
     rehearsal.add_argument("--sample-images", type=at_least(1), default=4)
+    rehearsal.add_argument("--count-flops", action="store_true", help="also count one step's floating-point operations")
     rehearsal.add_argument("--num-frames", type=at_least(2), default=8)
     rehearsal.add_argument("--out", type=Path, default=Path("runs/rehearsal"), help="where the models are built")
     rehearsal.set_defaults(run=bench_rehearsal)

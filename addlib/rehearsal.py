@@ -147,10 +147,12 @@ def _peak_memory() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def measure_training(changes: dict, steps: int, sample_images: int = 0) -> dict:
+def measure_training(changes: dict, steps: int, sample_images: int = 0, count_flops: bool = False) -> dict:
     """Seconds per ADD step and peak memory of ``Config.stable_diffusion(**changes)``, after one untimed warm-up
-    step; with ``sample_images``, also seconds per one-step image of the exported student. Run it in a fresh
-    process (:func:`in_fresh_process`), so that the peak is this configuration's alone."""
+    step; with ``sample_images``, also seconds per one-step image of the exported student; with ``count_flops``,
+    the floating-point operations of one more step (torch's FlopCounterMode: matrix products and convolutions;
+    R1's second backward through the heads left out).
+    Run it in a fresh process (:func:`in_fresh_process`), so that the peak is this configuration's alone."""
     import time
 
     from accelerate import Accelerator
@@ -159,7 +161,7 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0) -> dict:
     from addlib.sampling import sample
     from addlib.train_add import ADDTrainer, Config, student_pipeline
 
-    config = Config.stable_diffusion(**changes)
+    config = Config.stable_diffusion(**changes | {"steps": steps + 2})
     trainer = ADDTrainer(config, Accelerator(mixed_precision=config.mixed_precision))
     device = trainer.accelerator.device
     trainer.step(0)
@@ -171,6 +173,15 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0) -> dict:
         trainer.step(step)
     _synchronize(device)
     result = {"seconds": (time.perf_counter() - start) / steps, "peak": _peak_memory()}
+    if count_flops:  # without R1: the counter cannot follow autograd.grad, and R1 runs through the small heads alone
+        import dataclasses
+
+        from torch.utils.flop_counter import FlopCounterMode
+
+        trainer.config = dataclasses.replace(config, r1_weight=0.0)
+        with FlopCounterMode(display=False) as counter:
+            trainer.step(steps + 1)
+        result["flops"] = counter.get_total_flops()
     if sample_images:
         student, prompts = student_pipeline(trainer), ["a photo of a red bicycle"] * sample_images
         sample(student, prompts[:1], 1, sampler="add", height=config.resolution, width=config.resolution)  # warm-up
