@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,8 +38,15 @@ TINY_VAE_DIR = DATA_DIR / "tiny_vae"  # the miniature's TAESD, python -m addlib.
 REBUILD = {TEACHER_DIR: "python -m addlib.train_teacher", STUDENT_DIR: "python -m addlib.train_add",
            TINY_VAE_DIR: "python -m addlib.train_tiny_vae"}
 
-# huggingface_hub's rule for a repository id: "name" or "namespace/name", letters, digits, "-", "_", "."
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
+def _is_hub_id(path: str | Path) -> bool:
+    """Whether ``path`` could name a hub repository, by huggingface_hub's own rule ("name" or "namespace/name")."""
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(str(path))
+    except ValueError:
+        return False
+    return True
 
 
 @contextmanager
@@ -87,7 +93,7 @@ def from_folder_or_hub(load, path: str | Path, what: str, marker: str, rebuild: 
         if not (folder / marker).exists():
             raise FileNotFoundError(f"{path} is not a {what} folder (no {marker}); point to one, or "
                                     f"{_rebuild_hint(folder, rebuild)}")
-    elif not _HUB_ID.match(str(path)) or "--" in str(path) or ".." in str(path) or folder.is_absolute():
+    elif not _is_hub_id(path):
         raise FileNotFoundError(f"no {what} folder at {path}; check the path, or {_rebuild_hint(folder, rebuild)}")
     try:
         with _no_loading_bars():
@@ -185,9 +191,10 @@ def save_pipeline(pipe: StableDiffusionPipeline, folder: str | Path) -> None:
     encoder = folder / "text_encoder"
     for weights in encoder.glob("*.safetensors"):
         with safe_open(weights, "pt") as f:
+            if all(key.startswith(TEXT_MODEL_PREFIX) for key in f.keys()):
+                continue  # transformers 4 wrote it: nothing to read or rewrite
             metadata, state = f.metadata(), {key: f.get_tensor(key) for key in f.keys()}
-        if not all(key.startswith(TEXT_MODEL_PREFIX) for key in state):
-            save_file({_prefixed(key): value for key, value in state.items()}, weights, metadata=metadata)
+        save_file({_prefixed(key): value for key, value in state.items()}, weights, metadata=metadata)
     index = encoder / "model.safetensors.index.json"
     if index.exists():  # a sharded save names each weight's file
         contents = json.loads(index.read_text())
