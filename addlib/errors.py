@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -66,7 +67,11 @@ def check_integer(name: str, value, lowest: int) -> None:
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """NaN or infinity in an input would flow through every network and come out as NaN, silently."""
     if not torch.isfinite(tensor).all():
-        raise ValueError(f"{name} hold NaN or infinite values; check where they were computed")
+        raise _not_finite(name)
+
+
+def _not_finite(name: str) -> ValueError:
+    return ValueError(f"{name} hold NaN or infinite values; check where they were computed")
 
 
 def check_images(name: str, images, ndim: int | None = 4) -> None:
@@ -84,8 +89,10 @@ def check_images(name: str, images, ndim: int | None = 4) -> None:
     if ndim is not None and (images.ndim != ndim or images.shape[-3] != 3):
         raise ValueError(f"{name} must have shape ({'N, ' if ndim == 4 else ''}3, H, W), RGB, got shape "
                          f"{tuple(images.shape)}")
-    check_finite(name, images)
-    low, high = images.min().item(), images.max().item()
+    # One pass and one wait for the device: a NaN or an infinity shows in the smallest or the largest value.
+    low, high = torch.stack(torch.aminmax(images.detach())).tolist()
+    if not math.isfinite(low) or not math.isfinite(high):
+        raise _not_finite(name)
     if low < -1.01 or high > 1.01:  # a little slack for a decoder's overshoot before clamping
         hint = "for 0-255 values use images / 127.5 - 1" if high > 2 else "scale them to [-1, 1]"
         raise ValueError(f"{name} must lie in [-1, 1], got values from {low:.3g} to {high:.3g}; {hint}")
