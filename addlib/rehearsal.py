@@ -161,7 +161,7 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
     from addlib.sampling import sample
     from addlib.train_add import ADDTrainer, Config, student_pipeline
 
-    config = Config.stable_diffusion(**changes | {"steps": steps + 2})
+    config = Config.stable_diffusion(**changes)
     trainer = ADDTrainer(config, Accelerator(mixed_precision=config.mixed_precision))
     device = trainer.accelerator.device
     trainer.step(0)
