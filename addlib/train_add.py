@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, init_empty_weights
 from tqdm.auto import tqdm
 
 from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
@@ -456,9 +456,9 @@ def merge_lora(unet: torch.nn.Module) -> torch.nn.Module:
             module.merge()
     state = {key.replace(".base_layer.", "."): value for key, value in unet.state_dict().items()
              if ".lora_" not in key}
-    with quiet_diffusers():  # diffusers warns on any .to(dtype)
-        plain = type(unet).from_config(unet.config).to(device=unet.device, dtype=unet.dtype)
-    plain.load_state_dict(state)
+    with init_empty_weights():  # no random initialisation of weights that are overwritten at once
+        plain = type(unet).from_config(unet.config)
+    plain.load_state_dict(state, assign=True)  # the merged tensors themselves, on their device, in their dtype
     return plain
 
 
