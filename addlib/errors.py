@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # would not fail, it would quietly train nothing (0 steps), diverge (a decay of 2) or divide by zero.
 _RANGES = (
     (lambda name: name == "warmup_steps", "at least 0", lambda v: v >= 0),
-    (lambda name: name.endswith(("steps", "batch_size", "checkpoint_every", "resolution", "images")),
+    (lambda name: name.endswith(("steps", "batch_size", "checkpoint_every", "resolution", "images", "prompts")),
      "at least 1", lambda v: v >= 1),
     (lambda name: name.endswith("lr") or name == "grad_clip", "above 0", lambda v: v > 0),
     (lambda name: name.endswith("_prob"), "in [0, 1]", lambda v: 0 <= v <= 1),

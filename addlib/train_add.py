@@ -57,7 +57,7 @@ from accelerate import Accelerator, init_empty_weights
 from tqdm.auto import tqdm
 
 from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
-from addlib.datasets import ImageCaptionFolder
+from addlib.datasets import open_dataset
 from addlib.discriminator import (
     ProjectedDiscriminator,
     discriminator_loss,
@@ -69,6 +69,7 @@ from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillatio
 from addlib.errors import OneLineParser, check_config, run_command
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise
+from addlib.generate import generate, read_prompts, shapes_prompts
 from addlib.loading import (
     STUDENT_DIR,
     TEACHER_DIR,
@@ -91,7 +92,14 @@ class Config:
     teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
     steps: int = 1000
     batch_size: int = 32
-    dataset: str = "shapes"  # the shapes world, or an image-caption folder (addlib.datasets)
+    # The shapes world; "teacher": images the teacher generates from `prompts` (LADD; addlib.generate); an
+    # image-caption folder; or "hf:<id>", a Hugging Face dataset id or saved folder (addlib.datasets).
+    dataset: str = "shapes"
+    prompts: str = "shapes"  # for "teacher": a prompt file, or "shapes" for shapes captions
+    num_prompts: int = 2048  # for "teacher": at most this many, the file's first, or this many shapes captions
+    generation_steps: int = 25  # for "teacher": DDIM steps per image, guided by teacher_guidance_scale
+    image_column: str = "image"  # for "hf:": the dataset's columns
+    caption_column: str = "text"
     resolution: int = 32  # of the training images
     omit_prob: float = 0.5  # shapes captions leave out each attribute but the shape this often, as the teacher's
     student_timesteps: str = "999,749,499,249"  # T_student, the paper's four
@@ -172,6 +180,8 @@ class Config:
 DINOV2_TOKENS = 1 + (224 // 14) ** 2  # CLS + 16 x 16 patches: what each head reads of DINOv2-S at 224 pixels
 STABLE_DIFFUSION = dict(
     teacher="nota-ai/bk-sdm-tiny",  # a small SD 1.x; the paper's is SD 2.1 (stabilityai/stable-diffusion-2-1-base)
+    dataset="teacher",  # LADD's: the teacher's own images, so a learner needs no captioned image set
+    prompts="everyday",  # the course's 250 everyday prompts (data/prompts/everyday.txt), one image each
     resolution=512,  # SD's own
     lr=1e-5,  # the paper's, for a UNet of hundreds of millions of parameters
     discriminator_lr=1e-5,  # the paper gives one learning rate for both networks
@@ -226,9 +236,9 @@ class ADDTrainer:
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
             part.requires_grad_(False)
         check_image_size("resolution", config.resolution, 2 ** (len(self.teacher.vae.config.block_out_channels) - 1))
-        self.dataset = None
-        if config.dataset != "shapes":
-            self.dataset = ImageCaptionFolder(config.dataset, config.resolution, self.teacher.tokenizer)
+        self.dataset = None if config.dataset == "shapes" else open_dataset(
+            self.generated_data() if config.dataset == "teacher" else config.dataset, config.resolution,
+            self.teacher.tokenizer, config.image_column, config.caption_column)
         torch.manual_seed(config.seed)  # the discriminator heads' and LoRA's initial weights
         self.student = make_student(self.teacher.unet, config)
         self.trainable = TrainableParameters(self.student)
@@ -259,6 +269,20 @@ class ADDTrainer:
 
     def optimizers(self) -> dict:
         return {"student": self.student_optimizer, "discriminator": self.discriminator_optimizer}
+
+    def generated_data(self) -> Path:
+        """The teacher's images for ``config.prompts``, generated once (by the main process) into a folder of
+        ``runs/generated`` named for the settings, and reused by every run that shares them."""
+        config = self.config
+        if config.prompts == "shapes":
+            prompts = shapes_prompts(config.num_prompts, config.seed, config.omit_prob)
+        else:
+            prompts = read_prompts(config.prompts)[:config.num_prompts]
+        with self.accelerator.main_process_first(), self.accelerator.autocast():  # fp16 on a small card
+            return generate(self.teacher, prompts, teacher=config.teacher, num_inference_steps=config.generation_steps,
+                            guidance_scale=config.teacher_guidance_scale, seed=config.seed,
+                            resolution=config.resolution, batch_size=config.batch_size,
+                            progress=self.accelerator.is_main_process)
 
     def replica_difference(self) -> float:
         """The largest difference, across processes, of a checksum of the student and the heads: 0 when every
