@@ -39,7 +39,10 @@ MODELS = {
     "nota-ai/bk-sdm-tiny": "pipeline",  # a small SD 1.x (a UNet without its lowest stage): notebook 06's teacher
     "facebook/dinov2-small": "dinov2",  # ViT-S/14, ADD's discriminator features
     "madebyollin/taesd": "tiny_vae",  # TAESD, the tiny VAE for SD 1.x and 2.x latents
+    "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": "clip",  # the ADD paper's CLIP score model (1.4B parameters)
+    "openai/clip-vit-base-patch32": "clip",  # a small CLIP, for the CLIP metrics on a CPU
 }
+MARKER = "rehearsal.json"  # in every folder built here: what it rehearses, and that its weights are random
 
 
 def folder_name(model_id: str) -> str:
@@ -113,13 +116,30 @@ def build(model_id: str, out: Path = OUT_DIR, seed: int = 0, dtype: torch.dtype 
             from transformers import Dinov2Config, Dinov2Model
 
             Dinov2Model(Dinov2Config.from_pretrained(source)).save_pretrained(partial, safe_serialization=True)
+        elif kind == "clip":
+            from transformers import CLIPConfig, CLIPModel
+
+            CLIPModel(CLIPConfig.from_pretrained(source)).to(dtype).save_pretrained(partial, safe_serialization=True)
+            for path in CLIP_BPE_DIR.iterdir():
+                shutil.copyfile(path, partial / path.name)
         else:
             from diffusers import AutoencoderTiny
 
             AutoencoderTiny.from_config(json.loads((source / "config.json").read_text())).save_pretrained(partial)
     _copy_published_files(source, partial)
+    (partial / MARKER).write_text(json.dumps({"rehearses": model_id, "weights": "random"}, indent=2) + "\n")
     os.replace(partial, target)
     return target
+
+
+def random_weights(path: str | Path) -> bool:
+    """Whether ``path`` is a rehearsal folder, or a student trained from one (its ``recipe.json`` says so)."""
+    path = Path(path)
+    if (path / MARKER).exists():
+        return True
+    recipe = path / "recipe.json"  # an ADD student's names its teacher; other trainers' recipes name none
+    teacher = json.loads(recipe.read_text()).get("config", {}).get("teacher") if recipe.exists() else None
+    return teacher is not None and random_weights(teacher)
 
 
 # What a small card adds, one option after another (notebook 06's table): each row keeps the ones above it.

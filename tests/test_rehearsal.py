@@ -9,7 +9,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, Dinov2Model
 
 from addlib.discriminator import load_dinov2
 from addlib.loading import load_pipeline, load_tiny_vae
-from addlib.rehearsal import MODELS, REHEARSAL_DIR, build, folder_name, main
+from addlib.rehearsal import MODELS, REHEARSAL_DIR, build, folder_name, main, random_weights
 from addlib.sampling import sample
 
 # Parameter counts as the model cards and papers give them: SD 2.x's UNet 865.9M, OpenCLIP-H's text tower (its
@@ -31,11 +31,25 @@ def test_every_shipped_pipeline_config_has_the_published_architecture(model_id):
     assert tuple(sum(p.numel() for p in part.parameters()) for part in parts) == PUBLISHED[model_id]
 
 
+# CLIP ViT-g/14 (the ADD paper's CLIP score model; open_clip lists 1366.68M) and ViT-B/32 (151.28M).
+CLIPS = {"laion/CLIP-ViT-g-14-laion2B-s12B-b42K": 1_366_678_273, "openai/clip-vit-base-patch32": 151_277_313}
+
+
+@pytest.mark.parametrize("model_id", CLIPS)
+def test_every_shipped_clip_config_has_the_published_architecture(model_id):
+    from transformers import CLIPConfig, CLIPModel
+
+    with torch.device("meta"):
+        model = CLIPModel(CLIPConfig.from_pretrained(REHEARSAL_DIR / folder_name(model_id)))
+    assert sum(p.numel() for p in model.parameters()) == CLIPS[model_id]
+
+
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory):
-    """The small teacher, DINOv2-S and TAESD, built once (about 20 s and 1.2 GB)."""
+    """The small teacher, DINOv2-S, TAESD and CLIP ViT-B/32, built once (about 25 s and 1.5 GB)."""
     out = tmp_path_factory.mktemp("rehearsal")
-    main(["--models", "nota-ai/bk-sdm-tiny", "facebook/dinov2-small", "madebyollin/taesd", "--out", str(out)])
+    main(["--models", "nota-ai/bk-sdm-tiny", "facebook/dinov2-small", "madebyollin/taesd",
+          "openai/clip-vit-base-patch32", "--out", str(out)])
     return out
 
 
@@ -68,7 +82,8 @@ def test_build_keeps_a_whole_folder_and_refuses_an_unknown_model(rehearsal):
     assert not list(rehearsal.glob("*.partial"))
     with pytest.raises(ValueError, match="no rehearsal configs for 'runwayml/stable-diffusion-v1-5'; choose from"):
         build("runwayml/stable-diffusion-v1-5", rehearsal)
-    assert set(MODELS) == {*PUBLISHED, "facebook/dinov2-small", "madebyollin/taesd"}
+    assert set(MODELS) == {*PUBLISHED, "facebook/dinov2-small", "madebyollin/taesd", *CLIPS}
+    assert random_weights(folder) and not random_weights(REHEARSAL_DIR.parent / "teacher")
 
 
 def test_add_on_a_hub_architecture_keeps_the_teachers_schedule_and_exports_a_student_that_samples_with_it(
@@ -84,7 +99,7 @@ def test_add_on_a_hub_architecture_keeps_the_teachers_schedule_and_exports_a_stu
     config = Config.stable_diffusion(
         teacher=str(rehearsal / "nota-ai--bk-sdm-tiny"), feature_network=str(rehearsal / "facebook--dinov2-small"),
         tiny_vae=str(rehearsal / "madebyollin--taesd"), resolution=64, batch_size=1, steps=1, lora_rank=4,
-        gradient_checkpointing=True)
+        gradient_checkpointing=True, dataset="shapes")
     trainer = ADDTrainer(config, Accelerator(cpu=True))
     scheduler = trainer.teacher.scheduler
     assert scheduler.config.prediction_type == "epsilon"
@@ -118,3 +133,78 @@ def test_the_rehearsal_bench_times_memory_options_in_fresh_processes_and_streams
     assert [row["memory options"] for row in rows] == ["none", "+ TAESD"]
     assert rows[0]["time vs 'none'"] == "1.00" and all(float(row["peak memory (GiB)"]) > 0 for row in rows)
     assert "64x64, batch 1" in out and "s per image" in out and "fps (best of 1)" in out
+
+
+def test_the_real_scale_evaluation_runs_on_the_rehearsal_models_on_a_cpu_in_under_two_minutes(rehearsal):
+    """Teacher at 1 and 25 guided steps, student at 1, 2 and 4: CLIP score and FD_CLIP from a (random) CLIP, and
+    FID where torch-fidelity is installed; the scores mean nothing here, the code path is what is tested."""
+    import time
+
+    from addlib.evaluation import evaluate
+
+    teacher = load_pipeline(rehearsal / "nota-ai--bk-sdm-tiny", device="cpu")
+    prompts = ["a photo of a red bicycle", "a bowl of lemons on a table", "a snowy mountain village"]
+    reference = torch.rand(4, 3, 64, 64) * 2 - 1
+    start = time.perf_counter()
+    rows, images, skipped = evaluate(teacher, teacher, prompts, reference, resolution=64,
+                                     clip_model=rehearsal / "openai--clip-vit-base-patch32")
+    assert time.perf_counter() - start < 120
+    assert [row["model"] for row in rows] == ["teacher, 1 step", "teacher, 25 steps, guidance 7.5",
+                                              "student, 1 step", "student, 2 steps", "student, 4 steps"]
+    for row in rows:
+        assert 0 <= float(row["CLIP score"]) <= 100 and float(row["FD_CLIP"]) >= 0 and float(row["s/image"]) > 0
+    assert images["student, 4 steps"].shape == (3, 3, 64, 64)
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        assert skipped == ["FID skipped: torch-fidelity is not installed (pip install torch-fidelity)"]
+        assert all(row["FID"] == "-" for row in rows)
+
+
+def test_clip_score_is_the_cosine_clip_itself_computes(rehearsal):
+    from transformers import CLIPModel
+
+    from addlib.evaluation import clip_score, load_clip, to_uint8
+
+    model, processor = load_clip(rehearsal / "openai--clip-vit-base-patch32")
+    images, prompts = torch.rand(3, 3, 64, 64) * 2 - 1, ["a cat", "a dog on a sofa", "a red bicycle"]
+    inputs = processor(text=prompts, images=list(to_uint8(images)), return_tensors="pt", padding=True)
+    assert isinstance(model, CLIPModel)
+    with torch.no_grad():
+        logits = model(**inputs).logits_per_image  # logit_scale * cos(image i, text j)
+    cosine = logits.diagonal() / model.logit_scale.exp()
+    assert clip_score(images, prompts, model, processor, batch_size=2) == pytest.approx(
+        (100 * cosine.clamp(min=0)).mean().item(), abs=1e-4)
+
+
+def test_fd_clip_is_zero_for_a_set_against_itself_and_grows_with_a_shift(rehearsal):
+    from addlib.evaluation import frechet_distances, load_clip, to_uint8
+
+    clip = load_clip(rehearsal / "openai--clip-vit-base-patch32")
+    metric = frechet_distances(clip)[0]["FD_CLIP"]
+    images = torch.rand(6, 3, 32, 32) * 2 - 1
+    metric.update(to_uint8(images), real=True)
+    metric.update(to_uint8(images), real=False)
+    same = metric.compute().item()
+    metric.reset()  # the reference stays
+    metric.update(to_uint8((images * 0.3 + 0.6).clamp(-1, 1)), real=False)
+    assert abs(same) < 1e-3 * metric.compute().item()
+
+
+def test_without_a_clip_model_the_table_says_which_metrics_were_skipped_and_the_bench_says_random(
+        rehearsal, tmp_path, capsys):
+    from PIL import Image
+
+    from addlib import bench
+
+    for i in range(2):
+        Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
+    (tmp_path / "prompts.txt").write_text("a blue sky\na green field\n")
+    teacher = str(rehearsal / "nota-ai--bk-sdm-tiny")
+    rows = bench.main(["quality", "--teacher", teacher, "--student", teacher, "--reference", str(tmp_path),
+                       "--prompts", str(tmp_path / "prompts.txt"), "--clip-model", str(tmp_path / "no-clip"),
+                       "--resolution", "64"])
+    out = capsys.readouterr().out
+    assert all(row["CLIP score"] == row["FD_CLIP"] == "-" for row in rows)
+    assert f"CLIP score and FD_CLIP skipped: no CLIP model folder at {tmp_path / 'no-clip'}" in out
+    assert "random weights (rehearsal models): these scores measure nothing but that the code runs" in out
