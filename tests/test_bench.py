@@ -26,7 +26,7 @@ def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
     bench.main(["add", "--student", str(tmp_path / "student"), "--num-images", "16",
                 "--ablations", str(tmp_path / "student"), str(tmp_path / "missing")])
     out = capsys.readouterr().out
-    assert first_column(out) == ["real images", *["teacher (DDIM)"] * 3, *["ADD student"] * 3, "ablation: student"]
+    assert first_column(out) == ["real images", *["teacher (DDIM)"] * 3, *["ADD student"] * 3, *["ablation: student"] * 2]
     assert f"no ablation student in {tmp_path / 'missing'}" in out
     assert "student 1 step: accuracy" in out and "student 4 steps: accuracy" in out
 
