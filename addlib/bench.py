@@ -27,6 +27,7 @@ from addlib.evaluation import CLIP_MODEL
 from addlib.loading import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
 from addlib.rehearsal import MEMORY_OPTIONS
 from addlib.shapes import ATTRIBUTES, make_shapes
+from addlib.timing import compute_bound, frames_per_second, max_difference
 
 
 # Students trained like the shipped one but for one change (docs/benchmarks.md): the loss ablation of ADD's
@@ -184,50 +185,6 @@ def _print_add_targets(rows: list[dict]) -> None:
           f"{_verdict(four[0] >= accuracy and four[1] <= fid)}")
 
 
-def _synchronize(device: torch.device | str) -> None:
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def frames_per_second(make, frames: torch.Tensor, repeats: int = 1, device: torch.device | str = "cpu") -> tuple[float, list]:
-    """Frames per second of the best of ``repeats`` passes of a fresh ``make()`` over ``frames``, and the first
-    pass's outputs. ``make`` does its set-up (prepare, warm-up) untimed and returns ``frame -> output``."""
-    best, outputs = float("inf"), None
-    with torch.no_grad():
-        for _ in range(repeats):
-            process = make()
-            _synchronize(device)
-            start = time.perf_counter()
-            results = [process(frame) for frame in frames]
-            _synchronize(device)
-            best = min(best, time.perf_counter() - start)
-            outputs = outputs or results
-    return len(frames) / best, outputs
-
-
-def compute_bound(pipe, vae, rows: int, timestep: int):
-    """The least a stream must compute per frame: VAE encode, one UNet call on ``rows`` latents, VAE decode, on
-    fixed tensors with no pipeline code around them."""
-    from addlib.sampling import encode_prompts
-
-    device = pipe.device  # looked up once: a pipeline's device walks every module
-    cond = encode_prompts(pipe, [""]).expand(rows, -1, -1)
-    t = torch.full((rows,), timestep, device=device)
-
-    def process(frame):
-        encoded = vae.encode(frame[None].to(device))
-        latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mean
-        output = pipe.unet(latents.expand(rows, -1, -1, -1), t, encoder_hidden_states=cond).sample
-        return vae.decode(output[-1:]).sample
-
-    return lambda: process
-
-
-def max_difference(outputs: list, reference: list, latency: int = 0) -> float:
-    """The largest difference between a stream's outputs and a reference's; output k + latency is of frame k."""
-    return max((outputs[k + latency] - reference[k]).abs().max().item() for k in range(len(reference) - latency))
-
-
 def bench_stream(args: argparse.Namespace) -> list[dict]:
     """Frames per second and latency of streaming img2img (notebook 07): a naive diffusers loop, the stream
     class with each of StreamDiffusion's techniques, and the compute bound they approach (targets below).
@@ -375,9 +332,10 @@ def bench_quality(args: argparse.Namespace) -> list[dict]:
     from addlib.generate import read_prompts
     from addlib.loading import load_pipeline
     from addlib.rehearsal import random_weights
+    from addlib.sampling import vae_factor
 
     teacher, student = load_pipeline(args.teacher), load_pipeline(args.student)
-    factor = 2 ** (len(teacher.vae.config.block_out_channels) - 1)
+    factor = vae_factor(teacher.vae)
     resolution = args.resolution or teacher.unet.config.sample_size * factor
     prompts = read_prompts(args.prompts)[:args.num_prompts]
     reference = image_sequence(args.reference, resolution)

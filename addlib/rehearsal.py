@@ -177,7 +177,7 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 
     from accelerate import Accelerator
 
-    from addlib.bench import _synchronize
+    from addlib.timing import synchronize
     from addlib.sampling import sample
     from addlib.train_add import ADDTrainer, Config, student_pipeline
 
@@ -185,13 +185,13 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
     trainer = ADDTrainer(config, Accelerator(mixed_precision=config.mixed_precision))
     device = trainer.accelerator.device
     trainer.step(0)
-    _synchronize(device)
+    synchronize(device)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for step in range(1, steps + 1):
         trainer.step(step)
-    _synchronize(device)
+    synchronize(device)
     result = {"seconds": (time.perf_counter() - start) / steps, "peak": _peak_memory()}
     if count_flops:  # without R1: the counter cannot follow autograd.grad, and R1 runs through the small heads alone
         import dataclasses
@@ -205,10 +205,10 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
     if sample_images:
         student, prompts = student_pipeline(trainer), ["a photo of a red bicycle"] * sample_images
         sample(student, prompts[:1], 1, sampler="add", height=config.resolution, width=config.resolution)  # warm-up
-        _synchronize(device)
+        synchronize(device)
         start = time.perf_counter()
         sample(student, prompts, 1, sampler="add", height=config.resolution, width=config.resolution)
-        _synchronize(device)
+        synchronize(device)
         result["sample_seconds"] = (time.perf_counter() - start) / sample_images
     return result
 
@@ -216,7 +216,7 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 def measure_stream(model: str, tiny_vae: str, resolution: int, num_frames: int) -> dict:
     """One-step img2img stream (t = 499) of ``model`` decoding with ``tiny_vae``: frames per second and peak
     memory, in half precision on a GPU. Run it in a fresh process too."""
-    from addlib.bench import frames_per_second
+    from addlib.timing import frames_per_second
     from addlib.loading import load_pipeline, load_tiny_vae
     from addlib.shapes import moving_shapes
     from addlib.stream import StreamDiffusion
