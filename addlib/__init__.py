@@ -22,6 +22,7 @@ Data, models and measurement
     evaluation       CLIP score, FID and FD_CLIP at real scale
     evaluators       the attribute classifier and TinyViT that measure the miniature and feed its discriminator
     rehearsal        the hub models' architectures from their published configs, with random weights
+    timing           frames per second, and the compute bound a stream approaches (bench, notebook 07)
     bench            every speed and quality table of docs/benchmarks.md: ``python -m addlib.bench ...``
 
 Training the shipped models (each records its command in data/<model>/recipe.json)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from addlib.errors import OneLineParser, at_least, check_integer, run_command
 from addlib.loading import DATA_DIR, TEACHER_DIR, load_pipeline
 from addlib.miniature import check_prompts
-from addlib.sampling import sample
+from addlib.sampling import sample, vae_factor
 from addlib.train_teacher import step_generator
 
 SETTINGS_FILE = "generation.json"
@@ -118,8 +118,9 @@ def _save(image: torch.Tensor, path: Path) -> None:
 
 @torch.no_grad()
 def generate(pipe, prompts: list[str], out: str | Path | None = None, *, teacher: str,
-             num_inference_steps: int = 25, guidance_scale: float = 3.0, seed: int = 0, resolution: int | None = None, batch_size: int = 16,
-             root: str | Path = GENERATED_DIR, progress: bool = True) -> Path:
+             num_inference_steps: int = 25, guidance_scale: float = 3.0, seed: int = 0,
+             resolution: int | None = None, batch_size: int = 16, root: str | Path = GENERATED_DIR,
+             progress: bool = True) -> Path:
     """Sample one image per prompt with ``pipe`` (DDIM, ``num_inference_steps``, guided) into the image-caption
     folder ``out``, continuing a folder made with the same settings; ``teacher`` names ``pipe`` in the record.
     Without ``out``, the folder is one of ``root`` named for the settings (:func:`cache_folder`), so runs that
@@ -127,7 +128,7 @@ def generate(pipe, prompts: list[str], out: str | Path | None = None, *, teacher
     check_integer("num_inference_steps", num_inference_steps, 1)
     check_integer("batch_size", batch_size, 1)
     check_prompts(pipe.tokenizer, prompts)  # every prompt, before the first image
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = vae_factor(pipe.vae)
     resolution = resolution or pipe.unet.config.sample_size * factor
     settings = settings_of(teacher, prompts, num_inference_steps, guidance_scale, seed, resolution)
     out = cache_folder(root, settings) if out is None else Path(out)

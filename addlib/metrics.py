@@ -16,9 +16,8 @@ A third check needs no classifier: every real shapes image holds exactly one sha
 :func:`count_shapes` counts the blobs that stand out from an image's background. A generator that draws a
 second shape beside the one asked for can still score full prompt accuracy, since the classifier reads one.
 
-Shapes-world seeds are given out once for the whole course, so no evaluation image was ever trained on:
-teacher training uses seed 0, evaluator training seed 1, and evaluation references seed 7
-(``REFERENCE_SEED``, :func:`real_images`).
+Shapes-world seeds are given out once for the whole course (``addlib.shapes.SEEDS``), so no evaluation image
+was ever trained on: evaluation references use seed 7 (``REFERENCE_SEED``, :func:`real_images`).
 """
 
 from __future__ import annotations
@@ -28,9 +27,9 @@ import torch
 
 from addlib.errors import check_images
 from addlib.evaluators import AttributeClassifier
-from addlib.shapes import ATTRIBUTES, make_shapes, parse_caption
+from addlib.shapes import ATTRIBUTES, SEEDS, make_shapes, parse_caption
 
-REFERENCE_SEED = 7  # held-out real images: no training run draws from this seed
+REFERENCE_SEED = SEEDS["reference"]  # held-out real images: no training run draws from this seed
 
 
 def _as_float64(value: torch.Tensor | np.ndarray) -> torch.Tensor:

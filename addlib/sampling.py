@@ -214,6 +214,18 @@ def pooled_prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
     return text_encoder_output(pipe, prompts).pooler_output
 
 
+def vae_factor(vae) -> int:
+    """Pixels per latent along each side: the VAE halves the size once per block but the last (diffusers'
+    ``vae_scale_factor``; 8 for Stable Diffusion, 4 for the miniature)."""
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def posterior_sample(posterior, generator: torch.Generator) -> torch.Tensor:
+    """A draw z = mean + std * eps from the VAE's diagonal-Gaussian posterior, eps from ``generator``, a CPU
+    generator, so that a seed gives the same latents on any device."""
+    return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+
+
 def check_image_size(name: str, value: int, factor: int) -> None:
     """The VAE halves the size ``log2(factor)`` times, so an image side must be a multiple of ``factor``."""
     if value < 1 or value % factor:
@@ -277,7 +289,7 @@ def sample(
     check_integer("num_inference_steps", num_inference_steps, 1)
     check_integer("seed", seed, 0)
     check_integer("batch_size", batch_size, 1)
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = vae_factor(pipe.vae)
     height = pipe.unet.config.sample_size * factor if height is None else height
     width = pipe.unet.config.sample_size * factor if width is None else width
     check_image_size("height", height, factor)

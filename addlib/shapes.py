@@ -38,6 +38,16 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+# Every shapes seed the course draws from, given out once, so that no measurement sees an image a model trained on.
+SEEDS = {
+    "teacher": 0,  # the teacher's training images (train_teacher)
+    "evaluators": 1,  # the attribute classifier's and the TinyViT's (train_evaluators)
+    "add": 2,  # ADD's real images, and the captions its teacher-generated data is made from (train_add)
+    "tiny_vae": 3,  # the tiny VAE's (train_tiny_vae)
+    "reference": 7,  # the benchmarks' prompts and FID's real images (metrics, bench)
+    "second_reference": 8,  # a second, independent prompt set, to choose between runs without tuning on the first
+    "held_out": 9,  # one-off measurements of the networks themselves (notebook 05's blind-spot count)
+}
 SHAPES = ("circle", "square", "triangle")
 COLORS = {
     "red": (220, 40, 40),

@@ -31,7 +31,13 @@ import torch
 from addlib.errors import check_images
 from addlib.forward_process import predict_x0_and_epsilon
 from addlib.loading import quiet_diffusers
-from addlib.sampling import check_image_size, ddim_timesteps, encode_prompts
+from addlib.sampling import (
+    check_image_size,
+    classifier_free_guidance,
+    ddim_timesteps,
+    encode_prompts,
+    vae_factor,
+)
 
 CFG_TYPES = ("none", "full", "self", "initialize")
 
@@ -126,7 +132,7 @@ class StreamDiffusion:
         self.pipe, self.vae = pipe, vae if vae is not None else pipe.vae
         # Looked up once: diffusers' ModelMixin.device and .dtype walk every submodule, a millisecond each.
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
-        self.factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+        self.factor = vae_factor(pipe.vae)
         self.height = height or pipe.unet.config.sample_size * self.factor
         self.width = width or pipe.unet.config.sample_size * self.factor
         check_image_size("height", self.height, self.factor)
@@ -213,8 +219,7 @@ class StreamDiffusion:
         if self.cfg_type == "full":  # one UNet call on the doubled batch, unconditional half first
             x0 = self._x0_and_eps(torch.cat([x, x]), torch.cat([t, t]),
                                   torch.cat([self.uncond.expand(len(x), -1, -1), cond]))[0]
-            x0_uncond, x0_cond = x0.chunk(2)
-            return x0_uncond + g * (x0_cond - x0_uncond), None
+            return classifier_free_guidance(*x0.chunk(2), g), None
         if self.cfg_type == "initialize" and newest:  # one real negative prediction for the newest frame(s)
             x0, eps = self._x0_and_eps(torch.cat([x[:newest], x]), torch.cat([t[:newest], t]),
                                        torch.cat([self.uncond.expand(newest, -1, -1), cond]))
@@ -224,7 +229,7 @@ class StreamDiffusion:
             x0_cond = self._x0_and_eps(x, t, cond)[0]
         x0_residual = (x - sigma * stock) / alpha
         x0_uncond = (x - sigma * self.delta * stock) / alpha
-        return x0_uncond + g * (x0_cond - x0_uncond), x0_residual
+        return classifier_free_guidance(x0_uncond, x0_cond, g), x0_residual
 
     def _residual_noise(self, x0, x0_residual, rows: slice) -> torch.Tensor:
         """The noise estimate of the next rows: their fixed noise, moved by how far the guided x0 is from the

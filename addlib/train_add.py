@@ -79,16 +79,21 @@ from addlib.loading import (
     quiet_diffusers,
     save_pipeline,
 )
-from addlib.sampling import check_image_size, encode_prompts, text_encoder_output
-from addlib.shapes import make_shapes
+from addlib.sampling import (
+    check_image_size,
+    encode_prompts,
+    posterior_sample,
+    text_encoder_output,
+    vae_factor,
+)
+from addlib.shapes import SEEDS, make_shapes
 from addlib.train_teacher import step_generator
 
-ADD_SEED = 2  # the shapes seed of ADD training: the teacher's is 0, the evaluators' 1, the tiny VAE's 3
 
 
 @dataclass
 class Config:
-    seed: int = ADD_SEED
+    seed: int = SEEDS["add"]
     teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
     steps: int = 1000
     batch_size: int = 32
@@ -235,7 +240,7 @@ class ADDTrainer:
         self.teacher = load_pipeline(TEACHER_DIR if config.teacher == "miniature" else config.teacher, device=device)
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
             part.requires_grad_(False)
-        check_image_size("resolution", config.resolution, 2 ** (len(self.teacher.vae.config.block_out_channels) - 1))
+        check_image_size("resolution", config.resolution, vae_factor(self.teacher.vae))
         self.dataset = None if config.dataset == "shapes" else open_dataset(
             self.generated_data() if config.dataset == "teacher" else config.dataset, config.resolution,
             self.teacher.tokenizer, config.image_column, config.caption_column)
@@ -311,8 +316,7 @@ class ADDTrainer:
         generator = step_generator(self.config.seed, step * accelerator.num_processes + accelerator.process_index, 3)
         images, captions = self.batch(step)
         with torch.no_grad():
-            posterior = teacher.vae.encode(images).latent_dist
-            latents = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(images)
+            latents = posterior_sample(teacher.vae.encode(images).latent_dist, generator)
             latents = latents * teacher.vae.config.scaling_factor
             encoded = text_encoder_output(teacher, captions)  # one call: tokens for the UNets, pooled for D
             image_embedding = self.discriminator.image_embedding(images)

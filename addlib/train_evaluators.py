@@ -34,7 +34,7 @@ from addlib.errors import OneLineParser, check_config, run_command
 from addlib.checkpoints import add_config_options, command_line, resume_checkpoint, save_checkpoint
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
 from addlib.metrics import real_images
-from addlib.shapes import ATTRIBUTES, make_shapes
+from addlib.shapes import ATTRIBUTES, SEEDS, make_shapes
 from addlib.train_teacher import lr_at, step_generator
 
 NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in this order by --which both
@@ -42,7 +42,7 @@ NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in thi
 
 @dataclass
 class Config:
-    seed: int = 1  # the shapes seed of evaluator training
+    seed: int = SEEDS["evaluators"]
     batch_size: int = 128
     # Sized for 2 CPU cores: ~0.07 s per classifier step (~2.5 min) and ~0.26 s per ViT step (~6 min).
     classifier_steps: int = 2000  # every attribute is read perfectly by step 300; the rest refines the features

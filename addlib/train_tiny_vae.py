@@ -34,13 +34,14 @@ from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpo
 from addlib.errors import OneLineParser, check_config, run_command
 from addlib.loading import TEACHER_DIR, TINY_VAE_DIR, load_pipeline
 from addlib.miniature import TINY_VAE_CONFIG
-from addlib.shapes import make_shapes
+from addlib.sampling import posterior_sample
+from addlib.shapes import SEEDS, make_shapes
 from addlib.train_teacher import lr_at, step_generator
 
 
 @dataclass
 class Config:
-    seed: int = 3  # the shapes seed of tiny-VAE training
+    seed: int = SEEDS["tiny_vae"]
     steps: int = 2000
     batch_size: int = 32
     lr: float = 2e-3
@@ -53,9 +54,8 @@ def tiny_vae_loss(tiny: AutoencoderTiny, vae, images: torch.Tensor, generator: t
                   config: Config) -> torch.Tensor:
     """Squared error of the tiny decoder to the VAE's decoding, plus of the tiny encoder to the VAE's latents."""
     with torch.no_grad():
-        posterior = vae.encode(images).latent_dist
-        scale = vae.config.scaling_factor
-        latents = (posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)) * scale
+        posterior, scale = vae.encode(images).latent_dist, vae.config.scaling_factor
+        latents = posterior_sample(posterior, generator) * scale
         std = config.latent_noise * torch.rand(len(images), 1, 1, 1, generator=generator)
         latents = latents + std * torch.randn(latents.shape, generator=generator)
         target = vae.decode(latents / scale).sample
