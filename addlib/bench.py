@@ -257,8 +257,9 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
 
 
 def _print_stream_targets(rows: list[dict], skipped: float) -> None:
-    """The course's targets for streaming: the 1-step stream at 90% of the compute bound or more; its outputs equal the naive loop's;
-    Stream Batch faster than the same steps one after another; the filter's speed-up that of the frames skipped."""
+    """The course's targets for streaming: the 1-step stream at 90% of the compute bound or more; its outputs
+    equal the naive loop's; Stream Batch faster than the same steps one after another; the filter's speed-up that
+    of the frames skipped."""
     fps = {row["setup"].split(" (")[0]: float(row["fps"]) for row in rows}
     bound = fps["stream"] / fps["compute bound: encode + UNet + decode"]
     print(f"\nstream (1 step): {bound:.0%} of the compute bound (target: at least 90%): {_verdict(bound >= 0.9)}")
@@ -332,11 +333,10 @@ def bench_quality(args: argparse.Namespace) -> list[dict]:
     from addlib.generate import read_prompts
     from addlib.loading import load_pipeline
     from addlib.rehearsal import random_weights
-    from addlib.sampling import vae_factor
+    from addlib.sampling import image_size
 
     teacher, student = load_pipeline(args.teacher), load_pipeline(args.student)
-    factor = vae_factor(teacher.vae)
-    resolution = args.resolution or teacher.unet.config.sample_size * factor
+    resolution = args.resolution or image_size(teacher)
     prompts = read_prompts(args.prompts)[:args.num_prompts]
     reference = image_sequence(args.reference, resolution)
     rows, _, skipped = evaluate(teacher, student, prompts, reference, clip_model=args.clip_model,

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from addlib.errors import check_images
 from addlib.miniature import check_prompts
 
 
@@ -119,6 +120,13 @@ def to_pixels(image, resolution: int) -> torch.Tensor:
     image = image.crop((left, top, left + resolution, top + resolution))
     pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1)
     return pixels.permute(2, 0, 1)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] as the 0-255 integers an image file holds: the inverse of
+    :func:`to_pixels`, for saving images and for metrics that read them as files would."""
+    check_images("images", images)
+    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 class HubImageCaptions(ImageCaptions):

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from addlib.errors import check_images
+from addlib.datasets import to_uint8
 from addlib.loading import from_folder_or_hub
 
 CLIP_MODEL = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"  # the ADD paper's CLIP score model
@@ -51,12 +51,6 @@ def load_clip(path: str | Path = CLIP_MODEL, device: str | torch.device = "cpu")
 def _embeddings(output) -> torch.Tensor:
     """transformers 4 returns the projected embeddings, 5 an output whose ``pooler_output`` they are."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
-
-
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """Images (N, 3, H, W) in [-1, 1] as the 0-255 integers an image file holds, which both metrics read."""
-    check_images("images", images)
-    return ((images.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
 
 
 class CLIPImageFeatures(torch.nn.Module):

@@ -27,10 +27,11 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from addlib.datasets import to_uint8
 from addlib.errors import OneLineParser, at_least, check_integer, run_command
 from addlib.loading import DATA_DIR, TEACHER_DIR, load_pipeline
 from addlib.miniature import check_prompts
-from addlib.sampling import sample, vae_factor
+from addlib.sampling import image_size, sample, vae_factor
 from addlib.train_teacher import step_generator
 
 SETTINGS_FILE = "generation.json"
@@ -110,7 +111,7 @@ def _save(image: torch.Tensor, path: Path) -> None:
     """An image (3, H, W) in [-1, 1] as a PNG, written to a temporary name and renamed when whole."""
     from PIL import Image
 
-    pixels = ((image.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    pixels = to_uint8(image[None])[0].permute(1, 2, 0).cpu().numpy()
     partial = path.with_name(path.name + ".partial")
     Image.fromarray(pixels).save(partial, format="PNG")
     os.replace(partial, path)
@@ -129,7 +130,7 @@ def generate(pipe, prompts: list[str], out: str | Path | None = None, *, teacher
     check_integer("batch_size", batch_size, 1)
     check_prompts(pipe.tokenizer, prompts)  # every prompt, before the first image
     factor = vae_factor(pipe.vae)
-    resolution = resolution or pipe.unet.config.sample_size * factor
+    resolution = resolution or image_size(pipe)
     settings = settings_of(teacher, prompts, num_inference_steps, guidance_scale, seed, resolution)
     out = cache_folder(root, settings) if out is None else Path(out)
     done = _claim(out, settings)

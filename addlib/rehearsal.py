@@ -177,8 +177,8 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 
     from accelerate import Accelerator
 
-    from addlib.timing import synchronize
     from addlib.sampling import sample
+    from addlib.timing import synchronize
     from addlib.train_add import ADDTrainer, Config, student_pipeline
 
     config = Config.stable_diffusion(**changes)
@@ -216,10 +216,10 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 def measure_stream(model: str, tiny_vae: str, resolution: int, num_frames: int) -> dict:
     """One-step img2img stream (t = 499) of ``model`` decoding with ``tiny_vae``: frames per second and peak
     memory, in half precision on a GPU. Run it in a fresh process too."""
-    from addlib.timing import frames_per_second
     from addlib.loading import load_pipeline, load_tiny_vae
     from addlib.shapes import moving_shapes
     from addlib.stream import StreamDiffusion
+    from addlib.timing import frames_per_second
 
     cuda = torch.cuda.is_available()
     pipe = load_pipeline(model, dtype=torch.float16 if cuda else torch.float32)

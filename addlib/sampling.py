@@ -220,6 +220,11 @@ def vae_factor(vae) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
+def image_size(pipe) -> int:
+    """The side, in pixels, of the images ``pipe``'s UNet was trained on: its latent size times the VAE's factor."""
+    return pipe.unet.config.sample_size * vae_factor(pipe.vae)
+
+
 def posterior_sample(posterior, generator: torch.Generator) -> torch.Tensor:
     """A draw z = mean + std * eps from the VAE's diagonal-Gaussian posterior, eps from ``generator``, a CPU
     generator, so that a seed gives the same latents on any device."""
@@ -290,8 +295,8 @@ def sample(
     check_integer("seed", seed, 0)
     check_integer("batch_size", batch_size, 1)
     factor = vae_factor(pipe.vae)
-    height = pipe.unet.config.sample_size * factor if height is None else height
-    width = pipe.unet.config.sample_size * factor if width is None else width
+    height = image_size(pipe) if height is None else height
+    width = image_size(pipe) if width is None else width
     check_image_size("height", height, factor)
     check_image_size("width", width, factor)
 

@@ -36,6 +36,7 @@ from addlib.sampling import (
     classifier_free_guidance,
     ddim_timesteps,
     encode_prompts,
+    image_size,
     vae_factor,
 )
 
@@ -133,8 +134,8 @@ class StreamDiffusion:
         # Looked up once: diffusers' ModelMixin.device and .dtype walk every submodule, a millisecond each.
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
         self.factor = vae_factor(pipe.vae)
-        self.height = height or pipe.unet.config.sample_size * self.factor
-        self.width = width or pipe.unet.config.sample_size * self.factor
+        self.height = height or image_size(pipe)
+        self.width = width or image_size(pipe)
         check_image_size("height", self.height, self.factor)
         check_image_size("width", self.width, self.factor)
         self.timesteps = ddim_timesteps(num_inference_steps)[t_index_list]  # (n,), from high to low

@@ -90,7 +90,6 @@ from addlib.shapes import SEEDS, make_shapes
 from addlib.train_teacher import step_generator
 
 
-
 @dataclass
 class Config:
     seed: int = SEEDS["add"]

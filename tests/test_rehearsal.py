@@ -164,7 +164,8 @@ def test_the_real_scale_evaluation_runs_on_the_rehearsal_models_on_a_cpu_in_unde
 def test_clip_score_is_the_cosine_clip_itself_computes(rehearsal):
     from transformers import CLIPModel
 
-    from addlib.evaluation import clip_score, load_clip, to_uint8
+    from addlib.datasets import to_uint8
+    from addlib.evaluation import clip_score, load_clip
 
     model, processor = load_clip(rehearsal / "openai--clip-vit-base-patch32")
     images, prompts = torch.rand(3, 3, 64, 64) * 2 - 1, ["a cat", "a dog on a sofa", "a red bicycle"]
@@ -178,7 +179,8 @@ def test_clip_score_is_the_cosine_clip_itself_computes(rehearsal):
 
 
 def test_fd_clip_is_zero_for_a_set_against_itself_and_grows_with_a_shift(rehearsal):
-    from addlib.evaluation import frechet_distances, load_clip, to_uint8
+    from addlib.datasets import to_uint8
+    from addlib.evaluation import frechet_distances, load_clip
 
     clip = load_clip(rehearsal / "openai--clip-vit-base-patch32")
     metric = frechet_distances(clip)[0]["FD_CLIP"]
