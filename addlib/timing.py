@@ -39,12 +39,12 @@ def compute_bound(pipe, vae, rows: int, timestep: int):
     fixed tensors with no pipeline code around them."""
     from addlib.sampling import encode_prompts
 
-    device = pipe.device  # looked up once: a pipeline's device walks every module
+    device, dtype = pipe.device, pipe.unet.dtype  # looked up once: each walks every module
     cond = encode_prompts(pipe, [""]).expand(rows, -1, -1)
     t = torch.full((rows,), timestep, device=device)
 
     def process(frame):
-        encoded = vae.encode(frame[None].to(device))
+        encoded = vae.encode(frame[None].to(device, dtype))
         latents = encoded.latents if hasattr(encoded, "latents") else encoded.latent_dist.mean
         output = pipe.unet(latents.expand(rows, -1, -1, -1), t, encoder_hidden_states=cond).sample
         return vae.decode(output[-1:]).sample

@@ -523,6 +523,8 @@ def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
         "device": str(trainer.accelerator.device) + (
             "" if torch.cuda.is_available() else f" ({torch.get_num_threads()} threads)"),
         "processes": trainer.accelerator.num_processes,
+        **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
+           if torch.cuda.is_available() else {}),
         "replica_max_difference": state["replica_max_difference"],
         "final_losses": state["log"][-10:],
         "torch": torch.__version__,

@@ -41,3 +41,10 @@ def test_stream_bench_times_every_setup_and_checks_outputs(capsys):
                    if line.startswith("| ") and line.split("|")[-2].strip() not in ("-", "max abs diff vs naive")]
     assert len(differences) == 3 and max(differences) < 1e-4  # stream, no Stream Batch, Stream Batch
     assert "of the compute bound" in out and "similarity filter on the static clip" in out
+
+
+def test_stream_bench_in_half_precision_keeps_the_streams_close_to_diffusers(capsys):
+    bench.main(["stream", "--num-frames", "4", "--repeats", "1", "--hold", "2", "--dtype", "bfloat16"])
+    out = capsys.readouterr().out
+    assert "torch.bfloat16" in out
+    assert "(target: half-precision tolerance, 0.03): yes" in out  # the stream casts as diffusers does
