@@ -12,6 +12,7 @@ The ideas
     distillation     ADD's score-distillation loss, eq. 5 (03)
     discriminator    ADD's projected discriminator, hinge loss and R1 (04)
     train_add        the ADD trainer, miniature or hub Stable Diffusion, one GPU or several (05, 06)
+    lora             LoRA on a UNet's attention projections, merged back for export: ADD on a small card (06)
     generate         training images the teacher generates from prompts, as LADD trains (06)
     stream           StreamDiffusion's real-time img2img and txt2img (07)
 
@@ -26,7 +27,9 @@ Data, models and measurement
     bench            every speed and quality table of docs/benchmarks.md: ``python -m addlib.bench ...``
 
 Training the shipped models (each records its command in data/<model>/recipe.json)
-    train_teacher, train_tiny_vae, train_evaluators; checkpoints (safe, exact resumes)
+    train_teacher, train_tiny_vae, train_evaluators
+    runs             what every trainer shares: progress, checkpoints, NaN stops, lr schedule, seeds, recipe
+    checkpoints      checkpoints in safetensors (no pickle) for exact resumes; the trainers' command lines
 
 The course's machinery
     checks           the exercises' checkers, which say precisely what is wrong

@@ -28,8 +28,10 @@ and ``embed_dim`` works.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +127,20 @@ def load_dinov2(model_id: str = DINOV2_ID, image_size: int = 224) -> DINOv2Featu
                                "save one with Dinov2Model.save_pretrained",
                                "use the miniature's feature network (feature_network 'miniature')")
     return DINOv2Features(model, image_size)
+
+
+def feature_network(name: str) -> torch.nn.Module:
+    """The discriminator's frozen feature network: "miniature" (the shipped TinyViT, data/evaluators/vit), a
+    folder holding another TinyViT (``python -m addlib.train_evaluators --which vit --out ...``), or a DINOv2
+    hub id or folder (ADD's choice at the real scale)."""
+    from addlib.evaluators import load_feature_network
+
+    if name == "miniature":
+        return load_feature_network()
+    saved = Path(name) / "config.json"
+    if saved.exists() and json.loads(saved.read_text()).get("class") == "TinyViT":  # save_evaluator's format
+        return load_feature_network(name)
+    return load_dinov2(name)
 
 
 class _Residual(nn.Module):

@@ -31,8 +31,8 @@ from addlib.datasets import to_uint8
 from addlib.errors import OneLineParser, at_least, check_integer, run_command
 from addlib.loading import DATA_DIR, TEACHER_DIR, load_pipeline
 from addlib.miniature import check_prompts
+from addlib.runs import step_generator
 from addlib.sampling import image_size, sample, vae_factor
-from addlib.train_teacher import step_generator
 
 SETTINGS_FILE = "generation.json"
 METADATA_FILE = "metadata.jsonl"

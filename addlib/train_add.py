@@ -45,29 +45,24 @@ an uninterrupted one does.
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, init_empty_weights
-from tqdm.auto import tqdm
+from accelerate import Accelerator
 
-from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
+from addlib.checkpoints import parse_run_arguments
 from addlib.datasets import open_dataset
 from addlib.discriminator import (
     ProjectedDiscriminator,
     discriminator_loss,
     hinge_generator_loss,
-    load_dinov2,
+    feature_network,
     paired_generators,
 )
 from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
 from addlib.errors import OneLineParser, check_config, run_command
-from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise
 from addlib.generate import generate, read_prompts, shapes_prompts
 from addlib.loading import (
@@ -79,15 +74,10 @@ from addlib.loading import (
     quiet_diffusers,
     save_pipeline,
 )
-from addlib.sampling import (
-    check_image_size,
-    encode_prompts,
-    posterior_sample,
-    text_encoder_output,
-    vae_factor,
-)
+from addlib.lora import add_lora, merge_lora
+from addlib.runs import Run, TrainableParameters, check_finite, ema_update, step_generator
+from addlib.sampling import check_image_size, encode_prompts, posterior_sample, text_encoder_output, vae_factor
 from addlib.shapes import SEEDS, make_shapes
-from addlib.train_teacher import step_generator
 
 
 @dataclass
@@ -202,31 +192,6 @@ STABLE_DIFFUSION = dict(
 )
 PRESETS = {"miniature": {}, "stable-diffusion": STABLE_DIFFUSION}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names
-LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections, as diffusers' LoRA scripts
-
-
-class TrainableParameters(torch.nn.Module):
-    """The trainable parameters of ``model`` as a module of their own: what a checkpoint must hold (a LoRA
-    student's adapters, not its frozen base) and what the EMA averages. The tensors are ``model``'s own, so
-    loading a state dict into this loads it into ``model``; ``copy=True`` clones them instead (the EMA)."""
-
-    def __init__(self, model: torch.nn.Module, copy: bool = False):
-        super().__init__()
-        self.names = [name for name, p in model.named_parameters() if p.requires_grad]
-        self.params = torch.nn.ParameterList(
-            torch.nn.Parameter(p.detach().clone(), requires_grad=False) if copy else p
-            for name, p in model.named_parameters() if p.requires_grad)
-
-    @torch.no_grad()
-    def lerp_(self, other: TrainableParameters, weight: float) -> None:
-        for mine, theirs in zip(self.params, other.params):
-            mine.lerp_(theirs, weight)
-
-    @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        parameters = dict(model.named_parameters())
-        for name, value in zip(self.names, self.params):
-            parameters[name].copy_(value)
 
 
 class ADDTrainer:
@@ -334,7 +299,7 @@ class ADDTrainer:
         self.discriminator.heads.requires_grad_(False)
         with accelerator.autocast():
             loss, (adversarial, distill), fake = self.generator_loss(**inputs)
-        self._check_finite(loss, "student", step)
+        check_finite(loss, "student", step, fix="lower the learning rates")
         self.student_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(self.trainable.parameters(), config.grad_clip)
@@ -347,14 +312,14 @@ class ADDTrainer:
             with accelerator.autocast():
                 d_loss, stats = discriminator_loss(self.discriminator, images, fake.detach(), inputs["pooled"],
                                                    inputs["image_embedding"], config.r1_weight, generator)
-            self._check_finite(d_loss, "discriminator", step)
+            check_finite(d_loss, "discriminator", step, fix="lower the learning rates")
             self.discriminator_optimizer.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
             for p in self.discriminator.heads.parameters():
                 p.grad = accelerator.reduce(p.grad, "mean")
             self.discriminator_optimizer.step()
 
-        self.ema.lerp_(self.trainable, 1 - config.ema_decay)
+        ema_update(self.ema.params, self.trainable.params, config.ema_decay)
         return {"adversarial": adversarial.item(), "distillation": distill.item(), **stats}
 
     def generator_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
@@ -394,56 +359,35 @@ class ADDTrainer:
             if self.config.lora_rank:
                 self.teacher.unet.enable_adapters()
 
-    def _check_finite(self, loss: torch.Tensor, which: str, step: int) -> None:
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the {which} loss became {loss.item()} at step {step}; the last good checkpoint "
-                                     f"is kept: lower the learning rates and rerun with --resume")
 
 
 def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
     """Run (or, with ``resume``, continue) ADD training; checkpoints in ``run_dir``, the student in ``out``."""
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
     trainer = ADDTrainer(config, accelerator)
-    state = {"config": dataclasses.asdict(config), "step": 0, "seconds": 0.0, "log": []}
-    if resume:
-        state = resume_checkpoint(run_dir, trainer.modules(), trainer.optimizers(), state["config"])
-    started = time.perf_counter() - state["seconds"]
+    run = Run(run_dir, trainer.modules(), trainer.optimizers(), config, resume, save=accelerator.is_main_process,
+              step=0)
 
     def checkpoint() -> None:
-        state["seconds"] = time.perf_counter() - started
-        state["replica_max_difference"] = trainer.replica_difference()
-        if state["replica_max_difference"]:
+        run.state["replica_max_difference"] = trainer.replica_difference()
+        if run.state["replica_max_difference"]:
             raise RuntimeError(f"the {accelerator.num_processes} processes hold different weights at step "
-                               f"{state['step']} (checksums differ by {state['replica_max_difference']})")
-        if accelerator.is_main_process:
-            save_checkpoint(run_dir, trainer.modules(), trainer.optimizers(), state)
+                               f"{run.state['step']} (checksums differ by {run.state['replica_max_difference']})")
+        run.checkpoint()
         accelerator.wait_for_everyone()
 
-    progress = tqdm(range(state["step"], config.steps), desc="ADD", initial=state["step"], total=config.steps,
-                    disable=not accelerator.is_main_process)
+    progress = run.steps("step", config.steps, "ADD")
     for step in progress:
         losses = trainer.step(step)
-        state["step"] = step + 1
+        run.state["step"] = step + 1
         if step % 10 == 0:
-            state["log"].append({"step": step, **losses})
+            run.state["log"].append({"step": step, **losses})
             progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("adversarial", "distillation")})
-        if state["step"] % config.checkpoint_every == 0:
+        if run.state["step"] % config.checkpoint_every == 0:
             checkpoint()
     checkpoint()
     if accelerator.is_main_process:
-        export(trainer, state, out)
-
-
-def feature_network(name: str) -> torch.nn.Module:
-    """The discriminator's frozen feature network: "miniature" (the shipped TinyViT, data/evaluators/vit), a
-    folder holding another TinyViT (``python -m addlib.train_evaluators --which vit --out ...``), or a DINOv2
-    hub id or folder (ADD's choice at the real scale)."""
-    if name == "miniature":
-        return load_feature_network()
-    saved = Path(name) / "config.json"
-    if saved.exists() and json.loads(saved.read_text()).get("class") == "TinyViT":  # save_evaluator's format
-        return load_feature_network(name)
-    return load_dinov2(name)
+        export(trainer, run, out)
 
 
 def make_student(unet: torch.nn.Module, config: Config) -> torch.nn.Module:
@@ -453,40 +397,11 @@ def make_student(unet: torch.nn.Module, config: Config) -> torch.nn.Module:
     sits in memory instead of two."""
     student = unet if config.lora_rank else copy.deepcopy(unet).requires_grad_(True)
     if config.lora_rank:
-        try:
-            from peft import LoraConfig
-        except ImportError:
-            raise ImportError("a LoRA student needs peft: pip install peft") from None
-        smallest = min(min(module.in_features, module.out_features) for name, module in unet.named_modules()
-                       if name.endswith(LORA_TARGETS) and isinstance(module, torch.nn.Linear))
-        if config.lora_rank > smallest:
-            raise ValueError(f"lora_rank {config.lora_rank} is above the rank of the smallest adapted layer "
-                             f"({smallest} features), where a LoRA can add nothing more; use at most {smallest}")
-        student.add_adapter(LoraConfig(r=config.lora_rank, lora_alpha=config.lora_rank, init_lora_weights="gaussian",
-                                       target_modules=list(LORA_TARGETS)))
+        add_lora(student, config.lora_rank)
     if config.gradient_checkpointing:
         student.enable_gradient_checkpointing()
     student.train()
     return student
-
-
-def merge_lora(unet: torch.nn.Module) -> torch.nn.Module:
-    """A plain copy of ``unet`` with each LoRA merged into its base weight, W + (alpha / r) B A (Hu et al., 2021,
-    eq. 3): the same UNet class and weight names as the teacher's, so any diffusers release loads it.
-
-    peft merges (the same call in every release); the copy is made from the config, not by diffusers'
-    ``fuse_lora``/``unload_lora``, which before diffusers 0.28 ignore peft's adapters."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in unet.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-    state = {key.replace(".base_layer.", "."): value for key, value in unet.state_dict().items()
-             if ".lora_" not in key}
-    with init_empty_weights():  # no random initialisation of weights that are overwritten at once
-        plain = type(unet).from_config(unet.config)
-    plain.load_state_dict(state, assign=True)  # the merged tensors themselves, on their device, in their dtype
-    return plain
 
 
 def student_pipeline(trainer: ADDTrainer):
@@ -510,27 +425,16 @@ def student_pipeline(trainer: ADDTrainer):
     return pipe
 
 
-def export(trainer: ADDTrainer, state: dict, out: Path) -> None:
+def export(trainer: ADDTrainer, run: Run, out: Path) -> None:
     """Save the student (the EMA weights) as an ordinary diffusers pipeline folder, with its recipe."""
     out.mkdir(parents=True, exist_ok=True)
     with quiet_diffusers():  # diffusers warns on any .to(float16) and draws a bar for a one-file save
         pipe = copy.deepcopy(student_pipeline(trainer)).to(torch.float16)  # a copy: the teacher stays as it is
         save_pipeline(pipe, out)
-    recipe = {
-        "command": command_line("addlib.train_add", state["config"]),
-        "config": state["config"],
-        "minutes": round(state["seconds"] / 60, 1),
-        "device": str(trainer.accelerator.device) + (
-            "" if torch.cuda.is_available() else f" ({torch.get_num_threads()} threads)"),
-        "processes": trainer.accelerator.num_processes,
-        **({"peak_gpu_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 1)}
-           if torch.cuda.is_available() else {}),
-        "replica_max_difference": state["replica_max_difference"],
-        "final_losses": state["log"][-10:],
-        "torch": torch.__version__,
-    }
-    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    (out / "loss_log.json").write_text(json.dumps(state["log"]) + "\n")
+    run.write_recipe(out, "addlib.train_add", trainer.accelerator.device,
+                     processes=trainer.accelerator.num_processes,
+                     replica_max_difference=run.state["replica_max_difference"],
+                     final_losses=run.state["log"][-10:])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,22 +20,18 @@ per attribute on 2,000 reference images of seed 7.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from addlib.errors import OneLineParser, check_config, run_command
-from addlib.checkpoints import add_config_options, command_line, resume_checkpoint, save_checkpoint
+from addlib.checkpoints import add_config_options
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
 from addlib.metrics import real_images
+from addlib.runs import Run, lr_at, set_lr, step_generator
 from addlib.shapes import ATTRIBUTES, SEEDS, make_shapes
-from addlib.train_teacher import lr_at, step_generator
 
 NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in this order by --which both
 
@@ -92,48 +88,33 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
     steps, peak_lr = getattr(config, f"{name}_steps"), getattr(config, f"{name}_lr")
     optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=config.weight_decay)
     stage = list(NETWORKS).index(name) + 1  # distinct generators for the two networks' augmentation
-    checkpoint_dir, modules, optimizers = run_dir / name, {"model": model}, {"optimizer": optimizer}
-    state = {"config": dataclasses.asdict(config), "step": 0, "seconds": 0.0, "losses": []}
-    if resume and (checkpoint_dir / "checkpoint.json").exists():  # "both" resumes the network it stopped in
-        state = resume_checkpoint(checkpoint_dir, modules, optimizers, state["config"])
-    started = time.perf_counter() - state["seconds"]
-    progress = tqdm(range(state["step"], steps), desc=name, initial=state["step"], total=steps)
+    checkpoint_dir = run_dir / name
+    resume = resume and (checkpoint_dir / "checkpoint.json").exists()  # "both" resumes the network it stopped in
+    run = Run(checkpoint_dir, {"model": model}, {"optimizer": optimizer}, config, resume, step=0, losses=[])
+    progress = run.steps("step", steps, name)
     for step in progress:
         generator = step_generator(config.seed, step, stage)
         images, _, labels = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, steps, peak_lr, config.warmup_steps)
+        set_lr(optimizer, lr_at(step, steps, peak_lr, config.warmup_steps))
         loss = attribute_loss(model(augment(images, generator, config)), labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the {name} loss became {loss.item()} at step {step}; the last good "
-                                     f"checkpoint is in {checkpoint_dir}: lower --{name}-lr and rerun with --resume")
+        run.check_finite(loss, name, step, fix=f"lower --{name}-lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
-        state["losses"] = (state["losses"] + [loss.item()])[-10:]
-        state["step"] = step + 1
+        run.state["losses"] = (run.state["losses"] + [loss.item()])[-10:]
+        run.state["step"] = step + 1
         if step % 50 == 0:
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        if state["step"] % config.checkpoint_every == 0 or state["step"] == steps:
-            state["seconds"] = time.perf_counter() - started
-            save_checkpoint(checkpoint_dir, modules, optimizers, state)
+        if run.state["step"] % config.checkpoint_every == 0 or run.state["step"] == steps:
+            run.checkpoint()
 
     model.eval()
-    accuracy = held_out_accuracy(model, config.eval_images)
     save_evaluator(model, out / name)
-    recipe = {
-        "command": command_line(f"addlib.train_evaluators --which {name}", dataclasses.asdict(config)),
-        "config": dataclasses.asdict(config),
-        "minutes": round((time.perf_counter() - started) / 60, 1),
-        "device": f"cpu ({torch.get_num_threads()} threads)",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "held_out_accuracy": accuracy,
-        "final_losses": state["losses"],
-        "torch": torch.__version__,
-    }
-    (out / name / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    return recipe
+    return run.write_recipe(out / name, f"addlib.train_evaluators --which {name}",
+                            parameters=sum(p.numel() for p in model.parameters()),
+                            held_out_accuracy=held_out_accuracy(model, config.eval_images),
+                            final_losses=run.state["losses"])
 
 
 def main(argv: list[str] | None = None) -> None:

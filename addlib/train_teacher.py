@@ -23,23 +23,19 @@ with ``recipe.json`` (configuration, time taken, final losses).
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
-import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
-from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
+from addlib.checkpoints import parse_run_arguments
 from addlib.errors import OneLineParser, check_config, run_command
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise, get_velocity
 from addlib.loading import TEACHER_DIR, save_pipeline
 from addlib.miniature import build_pipeline
+from addlib.runs import Run, ema_update, lr_at, set_lr, step_generator
 from addlib.sampling import encode_prompts, posterior_sample
 from addlib.shapes import SEEDS, make_shapes
 
@@ -64,26 +60,6 @@ class Config:
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     checkpoint_every: int = 500
-
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10% of the peak."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def step_generator(seed: int, step: int, stage: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + stage * 10_000_019 + step)
-
-
-def _check_finite(loss: torch.Tensor, stage: str, step: int, run_dir: Path, last_saved: int) -> None:
-    if not torch.isfinite(loss):
-        raise FloatingPointError(
-            f"the {stage} loss became {loss.item()} at step {step}; the last good checkpoint (step {last_saved}) "
-            f"is in {run_dir}: lower the learning rate and rerun with --resume"
-        )
 
 
 PERCEPTUAL_LAYERS = (1, 3, 5)
@@ -138,29 +114,19 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     unet_opt = torch.optim.AdamW([*pipe.unet.parameters(), *pipe.text_encoder.parameters()], lr=config.lr,
                                  weight_decay=0.01)
     modules = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "unet": pipe.unet, "ema_unet": ema_unet}
-    optimizers = {"vae": vae_opt, "unet": unet_opt}
-    state = {"config": dataclasses.asdict(config), "vae_step": 0, "unet_step": 0, "seconds": 0.0,
-             "scaling_factor": None, "log": []}
-    if resume:
-        state = resume_checkpoint(run_dir, modules, optimizers, dataclasses.asdict(config))
-    started = time.perf_counter() - state["seconds"]
-
-    def checkpoint() -> None:
-        state["seconds"] = time.perf_counter() - started
-        save_checkpoint(run_dir, modules, optimizers, state)
+    run = Run(run_dir, modules, {"vae": vae_opt, "unet": unet_opt}, config, resume, vae_step=0, unet_step=0,
+              scaling_factor=None)
+    state = run.state
 
     # Stage 1: the VAE.
     feature_network = load_feature_network().requires_grad_(False) if config.perceptual_weight else None
-    last_saved = state["vae_step"]
-    for step in tqdm(range(state["vae_step"], config.vae_steps), desc="VAE", initial=state["vae_step"],
-                     total=config.vae_steps):
+    for step in run.steps("vae_step", config.vae_steps, "VAE"):
         generator = step_generator(config.seed, step, stage=1)
         images, _, _ = make_shapes(config.vae_batch_size, config.seed, config.resolution,
                                    start=step * config.vae_batch_size)
-        for group in vae_opt.param_groups:
-            group["lr"] = lr_at(step, config.vae_steps, config.vae_lr, config.warmup_steps)
+        set_lr(vae_opt, lr_at(step, config.vae_steps, config.vae_lr, config.warmup_steps))
         loss = vae_loss(pipe.vae, images, generator, config, feature_network)
-        _check_finite(loss, "VAE", step, run_dir, last_saved)
+        run.check_finite(loss, "VAE", step)
         vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         vae_opt.step()
@@ -168,46 +134,39 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         if step % 50 == 0:
             state["log"].append({"stage": "vae", "step": step, "loss": loss.item()})
         if state["vae_step"] % config.checkpoint_every == 0:
-            checkpoint()
-            last_saved = state["vae_step"]
+            run.checkpoint()
 
     # Stage 2: text encoder + UNet on the frozen VAE's latents.
     pipe.vae.requires_grad_(False)
     if state["scaling_factor"] is None:
         state["scaling_factor"] = latent_scaling_factor(pipe.vae, config.resolution, config.seed)
     pipe.vae.register_to_config(scaling_factor=state["scaling_factor"])
-    last_saved = state["unet_step"]
-    progress = tqdm(range(state["unet_step"], config.unet_steps), desc="UNet", initial=state["unet_step"],
-                    total=config.unet_steps)
+    progress = run.steps("unet_step", config.unet_steps, "UNet")
     for step in progress:
         generator = step_generator(config.seed, step, stage=2)
         # Images of stage 2 come after those of stage 1, so no image is seen twice.
         start = config.vae_steps * config.vae_batch_size + step * config.batch_size
         images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution, start=start,
                                           omit_prob=config.omit_prob)
-        for group in unet_opt.param_groups:
-            group["lr"] = lr_at(step, config.unet_steps, config.lr, config.warmup_steps)
+        set_lr(unet_opt, lr_at(step, config.unet_steps, config.lr, config.warmup_steps))
         loss = denoising_loss(pipe, images, captions, generator, config)
-        _check_finite(loss, "UNet", step, run_dir, last_saved)
+        run.check_finite(loss, "UNet", step)
         unet_opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet_opt.param_groups[0]["params"], config.grad_clip)
         unet_opt.step()
-        with torch.no_grad():
-            for ema, live in zip(ema_unet.parameters(), pipe.unet.parameters()):
-                ema.lerp_(live, 1 - config.ema_decay)
+        ema_update(ema_unet.parameters(), pipe.unet.parameters(), config.ema_decay)
         state["unet_step"] = step + 1
         if step % 50 == 0:
             state["log"].append({"stage": "unet", "step": step, "loss": loss.item()})
             progress.set_postfix(loss=f"{loss.item():.4f}")
         if state["unet_step"] % config.checkpoint_every == 0:
-            checkpoint()
-            last_saved = state["unet_step"]
-    checkpoint()
-    export(pipe, ema_unet, state, out)
+            run.checkpoint()
+    run.checkpoint()
+    export(pipe, ema_unet, run, out)
 
 
-def export(pipe, ema_unet, state: dict, out: Path) -> None:
+def export(pipe, ema_unet, run: Run, out: Path) -> None:
     """Save the pipeline with the EMA UNet in fp16 (checked to change outputs negligibly) and its recipe."""
     pipe.unet.load_state_dict(ema_unet.state_dict())
     reference = _probe_output(pipe)
@@ -215,20 +174,11 @@ def export(pipe, ema_unet, state: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_pipeline(pipe, out)
     pipe.to(torch.float32)
-    fp16_error = (_probe_output(pipe) - reference).abs().max().item()
-    recipe = {
-        "command": command_line("addlib.train_teacher", state["config"]),
-        "config": state["config"],
-        "scaling_factor": state["scaling_factor"],
-        "minutes": round(state["seconds"] / 60, 1),
-        "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)",
-        "final_losses": {stage: [e["loss"] for e in state["log"] if e["stage"] == stage][-10:]
-                         for stage in ("vae", "unet")},
-        "fp16_storage_max_abs_change_of_unet_output": fp16_error,
-        "torch": torch.__version__,
-    }
-    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-    (out / "loss_log.json").write_text(json.dumps(state["log"]) + "\n")
+    log = run.state["log"]
+    run.write_recipe(out, "addlib.train_teacher", pipe.device, scaling_factor=run.state["scaling_factor"],
+                     final_losses={stage: [e["loss"] for e in log if e["stage"] == stage][-10:]
+                                   for stage in ("vae", "unet")},
+                     fp16_storage_max_abs_change_of_unet_output=(_probe_output(pipe) - reference).abs().max().item())
 
 
 def _probe_output(pipe) -> torch.Tensor:

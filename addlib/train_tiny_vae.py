@@ -19,24 +19,20 @@ evaluators' 1, ADD's 2, the references' 7). ``python -m addlib.bench teacher`` m
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderTiny
-from tqdm.auto import tqdm
 
-from addlib.checkpoints import command_line, parse_run_arguments, resume_checkpoint, save_checkpoint
+from addlib.checkpoints import parse_run_arguments
 from addlib.errors import OneLineParser, check_config, run_command
 from addlib.loading import TEACHER_DIR, TINY_VAE_DIR, load_pipeline
 from addlib.miniature import TINY_VAE_CONFIG
+from addlib.runs import Run, lr_at, set_lr, step_generator
 from addlib.sampling import posterior_sample
 from addlib.shapes import SEEDS, make_shapes
-from addlib.train_teacher import lr_at, step_generator
 
 
 @dataclass
@@ -70,40 +66,26 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     torch.manual_seed(config.seed)
     tiny = AutoencoderTiny(**TINY_VAE_CONFIG)
     optimizer = torch.optim.AdamW(tiny.parameters(), lr=config.lr)
-    state = {"config": dataclasses.asdict(config), "step": 0, "seconds": 0.0, "log": []}
-    if resume:
-        state = resume_checkpoint(run_dir, {"tiny": tiny}, {"tiny": optimizer}, state["config"])
-    started = time.perf_counter() - state["seconds"]
-
-    def checkpoint() -> None:
-        state["seconds"] = time.perf_counter() - started
-        save_checkpoint(run_dir, {"tiny": tiny}, {"tiny": optimizer}, state)
-
-    progress = tqdm(range(state["step"], config.steps), desc="tiny VAE", initial=state["step"], total=config.steps)
+    run = Run(run_dir, {"tiny": tiny}, {"tiny": optimizer}, config, resume, step=0)
+    progress = run.steps("step", config.steps, "tiny VAE")
     for step in progress:
         images, _, _ = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.steps, config.lr, config.warmup_steps)
+        set_lr(optimizer, lr_at(step, config.steps, config.lr, config.warmup_steps))
         loss = tiny_vae_loss(tiny, vae, images, step_generator(config.seed, step, stage=4), config)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"the tiny VAE loss became {loss.item()} at step {step}; the last good "
-                                     f"checkpoint is in {run_dir}: lower --lr and rerun with --resume")
+        run.check_finite(loss, "tiny VAE", step, fix="lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        state["step"] = step + 1
+        run.state["step"] = step + 1
         if step % 50 == 0:
-            state["log"].append({"step": step, "loss": loss.item()})
+            run.state["log"].append({"step": step, "loss": loss.item()})
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        if state["step"] % config.checkpoint_every == 0:
-            checkpoint()
-    checkpoint()
+        if run.state["step"] % config.checkpoint_every == 0:
+            run.checkpoint()
+    run.checkpoint()
     tiny.save_pretrained(out, safe_serialization=True)
-    recipe = {"command": command_line("addlib.train_tiny_vae", state["config"]), "config": state["config"],
-              "minutes": round(state["seconds"] / 60, 1), "device": f"cpu ({torch.get_num_threads()} threads)",
-              "parameters": sum(p.numel() for p in tiny.parameters()),
-              "final_losses": [e["loss"] for e in state["log"][-10:]], "torch": torch.__version__}
-    (out / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
+    run.write_recipe(out, "addlib.train_tiny_vae", parameters=sum(p.numel() for p in tiny.parameters()),
+                     final_losses=[e["loss"] for e in run.state["log"][-10:]])
 
 
 def main(argv: list[str] | None = None) -> None:

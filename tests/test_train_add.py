@@ -12,12 +12,13 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from addlib import train_add
+from addlib import discriminator, train_add
 from addlib.checkpoints import add_config_options, command_line, parse_run_arguments
 from addlib.discriminator import DIFFAUGMENT_POLICY
 from addlib.errors import OneLineParser
 from addlib.evaluators import TinyViT, save_evaluator
 from addlib.loading import load_pipeline
+from addlib.lora import LORA_TARGETS
 from addlib.sampling import sample
 from addlib.shapes import make_shapes
 from addlib.train_add import ADDTrainer, Config, student_pipeline, train
@@ -111,7 +112,7 @@ def test_lora_student_shares_the_teacher_trains_only_adapters_and_exports_a_plai
     unet = student_pipeline(trainer).unet
     assert not any("lora" in k or "base_layer" in k for k in unet.state_dict())
     changed = [k for k, v in unet.state_dict().items() if not torch.equal(v, base[k])]
-    assert changed and all(any(t in k for t in train_add.LORA_TARGETS) for k in changed)
+    assert changed and all(any(t in k for t in LORA_TARGETS) for k in changed)
     with torch.no_grad():  # the merged UNet computes what the EMA adapters on the base do
         reference = trainer.accelerator.unwrap_model(trainer.student)
         trainer.trainable.load_state_dict(trainer.ema.state_dict())
@@ -152,15 +153,15 @@ def test_feature_network_is_the_shipped_vit_another_vit_folder_or_dinov2(tmp_pat
     torch.manual_seed(0)
     other = TinyViT(num_layers=2)
     save_evaluator(other, tmp_path / "vit")
-    loaded = train_add.feature_network(str(tmp_path / "vit"))
+    loaded = discriminator.feature_network(str(tmp_path / "vit"))
     assert isinstance(loaded, TinyViT) and loaded.num_layers == 2
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), other.state_dict().values()))
-    assert train_add.feature_network("miniature").num_layers == 6
+    assert discriminator.feature_network("miniature").num_layers == 6
     with pytest.raises(FileNotFoundError, match="no DINOv2 folder at .*no-such-folder"):  # not a hub id either
-        train_add.feature_network(str(tmp_path / "no-such-folder"))
+        discriminator.feature_network(str(tmp_path / "no-such-folder"))
     with pytest.raises(OSError, match="could not load DINOv2 'facebook/dinov2-small': .*hub .* offline, use the "
                                       "miniature's feature network") as error:  # the tests run offline (conftest)
-        train_add.feature_network("facebook/dinov2-small")
+        discriminator.feature_network("facebook/dinov2-small")
     assert "\n" not in str(error.value)
 
 

@@ -6,7 +6,8 @@ import pytest
 from safetensors.torch import load_file
 
 from addlib import train_teacher
-from addlib.train_teacher import Config, lr_at, train
+from addlib.runs import lr_at
+from addlib.train_teacher import Config, train
 
 TINY = dict(vae_steps=3, vae_batch_size=4, unet_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2)
 
