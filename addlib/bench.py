@@ -37,6 +37,10 @@ VARIANTS = {**{f"ablation: {name}": Path("runs/ablation") / name
             **{f"teacher's images: {name}": Path("runs/synthetic") / name for name in ("both", "adversarial-only")}}
 
 
+def _verdict(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
 def print_table(rows: list[dict]) -> None:
     """Print ``rows`` as a GitHub-markdown table, one column per key of the first row."""
     if not rows:
@@ -58,14 +62,8 @@ def bench_shapes(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         make_shapes(args.num_images, resolution=resolution)
         seconds = time.perf_counter() - start
-        rows.append(
-            {
-                "resolution": resolution,
-                "images": args.num_images,
-                "seconds": f"{seconds:.3f}",
-                "images/s": f"{args.num_images / seconds:,.0f}",
-            }
-        )
+        rows.append({"resolution": resolution, "images": args.num_images, "seconds": f"{seconds:.3f}",
+                     "images/s": f"{args.num_images / seconds:,.0f}"})
     print_table(rows)
 
 
@@ -148,14 +146,10 @@ def bench_add(args: argparse.Namespace) -> None:
     for steps in (1, 2, 4):
         rows.append({"model": "ADD student", **_sampled_row(student, prompts, reference, classifier, steps, 1.0,
                                                              args.seed, "add")})
-    missing = []
-    for folder in args.ablations:
-        if not (Path(folder) / "model_index.json").exists():
-            missing.append(folder)
-            continue
-        label = next((label for label, path in VARIANTS.items() if path == Path(folder)),
-                     f"ablation: {Path(folder).name}")
-        variant = load_pipeline(folder)
+    missing = [folder for folder in args.ablations if not (Path(folder) / "model_index.json").exists()]
+    labels = {str(path): label for label, path in VARIANTS.items()}
+    for folder in (folder for folder in args.ablations if folder not in missing):
+        variant, label = load_pipeline(folder), labels.get(str(Path(folder)), f"ablation: {Path(folder).name}")
         rows.extend({"model": label, **_sampled_row(variant, prompts, reference, classifier, steps, 1.0, args.seed,
                                                     "add")} for steps in (1, 4))
     print(f"{args.num_images} prompts (captions of shapes seed {args.prompts_seed}), sampling seed {args.seed}, "
@@ -164,10 +158,6 @@ def bench_add(args: argparse.Namespace) -> None:
     _print_add_targets(rows)
     for folder in missing:
         print(f"(no ablation student in {folder}: train it with the command in docs/benchmarks.md)")
-
-
-def _verdict(ok: bool) -> str:
-    return "yes" if ok else "no"
 
 
 def _print_add_targets(rows: list[dict]) -> None:
@@ -203,7 +193,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     static, _ = moving_shapes(args.num_frames, resolution=args.resolution, index=args.scene, hold=args.hold)
     one, many = [args.t_index], args.t_index_list
     timesteps = {len(one): StreamDiffusion(pipe, one).timesteps, len(many): StreamDiffusion(pipe, many).timesteps}
-    streams = []  # every stream built, for the filter's count of skipped frames
+    rows, streams = [], []  # the table, and every stream built, for the filter's count of skipped frames
 
     def stream(t_index_list, batch=True, vae=None, threshold=None):
         def make():
@@ -219,8 +209,6 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
 
     def naive(t_index_list):
         return lambda: diffusers_img2img(pipe, args.prompt, timesteps[len(t_index_list)], seed=args.seed)
-
-    rows = []
 
     def measure(name, t_index_list, make, frames=moving, rows_per_call=1, calls=1, latency=0, reference=None):
         fps, outputs = frames_per_second(make, frames, args.repeats, device)
@@ -248,18 +236,18 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         tiny = load_tiny_vae(args.tiny_vae, device=device).to(pipe.unet.dtype)
         measure("compute bound, tiny VAE", one, compute_bound(pipe, tiny, 1, t0))
         measure("stream + tiny VAE", one, stream(one, vae=tiny))
-    print(f"{args.num_frames} frames of {args.resolution}x{args.resolution} moving shapes (static clip: the shape "
-          f"moves every {args.hold} frames), prompt {args.prompt!r}, seed {args.seed}, best of {args.repeats} "
-          f"passes, {torch.get_num_threads()} threads, {device}, {pipe.unet.dtype}")
-    print_table(rows)
-    _print_stream_targets(rows, skipped, pipe.unet.dtype)
+    _print_stream_table(args, rows, skipped, device, pipe.unet.dtype)
     return rows
 
 
-def _print_stream_targets(rows: list[dict], skipped: float, dtype: torch.dtype) -> None:
-    """The course's targets for streaming: the 1-step stream at 90% of the compute bound or more; its outputs
-    equal the naive loop's; Stream Batch faster than the same steps one after another; the filter's speed-up that
-    of the frames skipped."""
+def _print_stream_table(args: argparse.Namespace, rows: list[dict], skipped: float, device, dtype) -> None:
+    """The stream table with its settings, then the course's targets for streaming: the 1-step stream at 90% of
+    the compute bound or more; its outputs equal the naive loop's; Stream Batch faster than the same steps one
+    after another; the filter's speed-up that of the frames skipped."""
+    print(f"{args.num_frames} frames of {args.resolution}x{args.resolution} moving shapes (static clip: the shape "
+          f"moves every {args.hold} frames), prompt {args.prompt!r}, seed {args.seed}, best of {args.repeats} "
+          f"passes, {torch.get_num_threads()} threads, {device}, {dtype}")
+    print_table(rows)
     fps = {row["setup"].split(" (")[0]: float(row["fps"]) for row in rows}
     bound = fps["stream"] / fps["compute bound: encode + UNet + decode"]
     print(f"\nstream (1 step): {bound:.0%} of the compute bound (target: at least 90%): {_verdict(bound >= 0.9)}")
@@ -368,11 +356,8 @@ def _add_prompts_seed(parser: argparse.ArgumentParser) -> None:
                              f"without tuning on the benchmark")
 
 
-def main(argv: list[str] | None = None) -> list[dict] | None:
-    """Parse the command line and run the chosen benchmark; a benchmark that returns its rows passes them on."""
-    parser = OneLineParser(prog="python -m addlib.bench", description=__doc__.splitlines()[0])
-    subcommands = parser.add_subparsers(dest="benchmark", required=True)
-
+def _miniature_benchmarks(subcommands) -> None:
+    """The subcommands that measure the miniature: shapes, teacher, add, stream."""
     shapes = subcommands.add_parser("shapes", help="time make_shapes, the captioned-shapes renderer")
     shapes.add_argument("--num-images", type=at_least(1), default=10_000)
     shapes.add_argument("--resolutions", type=at_least(1), nargs="+", default=[32, 64])
@@ -416,6 +401,9 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
                         help="the pipeline's weights (float16 on a GPU, as StreamDiffusion runs)")
     stream.set_defaults(run=bench_stream)
 
+
+def _real_scale_benchmarks(subcommands) -> None:
+    """The subcommands that measure the hub architectures: rehearsal, quality."""
     rehearsal = subcommands.add_parser("rehearsal", help="ADD and streaming on the hub architectures, random weights")
     rehearsal.add_argument("--teacher", help="hub id of the teacher's architecture (default: SD 2.1-base on CUDA, "
                                              "BK-SDM-Tiny on a CPU)")
@@ -447,6 +435,13 @@ def main(argv: list[str] | None = None) -> list[dict] | None:
     quality.add_argument("--seed", type=int, default=0)
     quality.set_defaults(run=bench_quality)
 
+
+def main(argv: list[str] | None = None) -> list[dict] | None:
+    """Parse the command line and run the chosen benchmark; a benchmark that returns its rows passes them on."""
+    parser = OneLineParser(prog="python -m addlib.bench", description=__doc__.splitlines()[0])
+    subcommands = parser.add_subparsers(dest="benchmark", required=True)
+    _miniature_benchmarks(subcommands)
+    _real_scale_benchmarks(subcommands)
     args = parser.parse_args(argv)
     return args.run(args)
 
