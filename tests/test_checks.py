@@ -227,22 +227,28 @@ def test_r1_checker(capsys):
 
 
 def generator_right(trainer, latents, noise, timesteps, text, pooled, image_embedding, generator,
-                    lam=None, adv=1.0, detach=False):
+                    lam=None, adv=1.0, detach=False, noised=True, discriminator_hinge=False, guidance=3.0,
+                    distill_first=False):
     from addlib.discriminator import hinge_generator_loss, paired_generators
     from addlib.distillation import decode_latents, distillation_loss
 
     teacher = trainer.teacher
     abar = teacher.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-    noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise
+    noisy = abar.sqrt() * latents + (1 - abar).sqrt() * noise if noised else latents
     v = trainer.student(noisy, timesteps, encoder_hidden_states=text).sample
     x_theta = abar.sqrt() * noisy - (1 - abar).sqrt() * v
     fake = decode_latents(teacher, x_theta)
     judged = fake.detach() if detach else fake
-    adversarial = hinge_generator_loss(trainer.discriminator(judged, pooled, image_embedding,
-                                                             paired_generators(generator)[0]))
-    distill = distillation_loss(teacher, x_theta, text, guidance_scale=3.0, uncond_embeds=trainer.empty,
-                                generator=generator)
-    return adv * adversarial + (trainer.config.distillation_weight if lam is None else lam) * distill
+
+    def distill():
+        return distillation_loss(teacher, x_theta, text, guidance_scale=guidance, uncond_embeds=trainer.empty,
+                                 generator=generator)
+
+    first = distill() if distill_first else None
+    logits = trainer.discriminator(judged, pooled, image_embedding, paired_generators(generator)[0])
+    adversarial = sum(torch.relu(1 + lg).mean() for lg in logits) if discriminator_hinge else hinge_generator_loss(logits)
+    second = first if distill_first else distill()
+    return adv * adversarial + (trainer.config.distillation_weight if lam is None else lam) * second
 
 
 def test_generator_loss_checker(capsys):
@@ -253,10 +259,14 @@ def test_generator_loss_checker(capsys):
     trainer = ADDTrainer(Config(batch_size=2), Accelerator())
     checks.check_generator_loss(generator_right, trainer)
     assert capsys.readouterr().out.strip() == "✓ generator_loss passes all 2 cases"
-    with pytest.raises(checks.CheckFailed, match="lambda = 25 weights the distillation loss"):
-        checks.check_generator_loss(lambda *a: generator_right(*a, lam=1.0, adv=25.0), trainer)
-    with pytest.raises(checks.CheckFailed, match="the fakes were detached"):
-        checks.check_generator_loss(lambda *a: generator_right(*a, detach=True), trainer)
+    for mistake, hint in [(dict(lam=1.0, adv=25.0), "lambda = 25 weights the distillation loss"),
+                          (dict(detach=True), "the fakes were detached"),
+                          (dict(noised=False), r"noised\* to its timestep"),
+                          (dict(discriminator_hinge=True), "not the discriminator's max"),
+                          (dict(guidance=1.0), "the teacher's target uses guidance"),
+                          (dict(distill_first=True), "the random draws come in another order")]:
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_generator_loss(lambda *a: generator_right(*a, **mistake), trainer)
 
 
 def renoise_right(x0, prev, noise, alphas_cumprod, last_is_x0=True):

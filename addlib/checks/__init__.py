@@ -1,0 +1,41 @@
+"""Checkers for the notebooks' exercises, one module per notebook; every one is reachable as ``checks.check_...``.
+
+Each ``check_*`` takes the learner's function, runs it on a few cases against ``addlib``'s own implementation
+and either prints one line saying it passed or raises :class:`CheckFailed` with what went wrong: which case,
+what was expected, what came back, and, when the answer matches a common mistake, a hint naming it. In
+Jupyter the failure shows as that message alone, without a traceback into this package.
+
+Adding a checker: in its notebook's module, describe the cases, the reference (the library's own function) and
+the mistakes you expect, call :func:`run_checks` (``addlib.checks.core``), and import it here.
+"""
+
+from addlib.checks.core import Case, CheckFailed, Mistake, run_checks
+from addlib.checks.nb01_forward_process import check_add_noise, check_x0_from_epsilon
+from addlib.checks.nb02_sampling import check_ddim_step, check_classifier_free_guidance
+from addlib.checks.nb03_score_distillation import check_distillation_loss, check_sds_weight
+from addlib.checks.nb04_discriminator import check_hinge_discriminator_loss, check_r1_penalty
+from addlib.checks.nb05_add_training import check_generator_loss, check_renoise
+from addlib.checks.nb06_real_scale import check_lora_parameter_count, check_training_memory
+from addlib.checks.nb07_streaming import check_stream_batch_update, check_skip_probability
+
+__all__ = [
+    "it here.",
+    "Case",
+    "CheckFailed",
+    "Mistake",
+    "run_checks",
+    "check_add_noise",
+    "check_x0_from_epsilon",
+    "check_ddim_step",
+    "check_classifier_free_guidance",
+    "check_distillation_loss",
+    "check_sds_weight",
+    "check_hinge_discriminator_loss",
+    "check_r1_penalty",
+    "check_generator_loss",
+    "check_renoise",
+    "check_lora_parameter_count",
+    "check_training_memory",
+    "check_stream_batch_update",
+    "check_skip_probability",
+]
