@@ -32,7 +32,7 @@ Training the shipped models (each records its command in data/<model>/recipe.jso
     checkpoints      checkpoints in safetensors (no pickle) for exact resumes; the trainers' command lines
 
 The course's machinery
-    checks           the exercises' checkers, which say precisely what is wrong
+    checks           the exercises' checkers, one module per notebook, which say precisely what is wrong
     exercises        learner notebooks made from the solutions, and the README's notebook table
     plotting         the notebooks' figure helpers
     errors           the one-line errors every entry point shares

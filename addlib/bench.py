@@ -347,9 +347,12 @@ def _mean_ratio(results: list[dict], reference: list[dict]) -> float:
     return sum(r["seconds"] / f["seconds"] for r, f in zip(results, reference)) / len(reference)
 
 
-def _add_prompts_seed(parser: argparse.ArgumentParser) -> None:
+def _add_evaluation_set(parser: argparse.ArgumentParser) -> None:
+    """The options of :func:`_evaluation_set` and of the sampling seed, shared by the quality benchmarks."""
     from addlib.metrics import REFERENCE_SEED
 
+    parser.add_argument("--num-images", type=at_least(2), default=512, help="at least 2, for FID")
+    parser.add_argument("--seed", type=int, default=1, help="the sampling seed")
     parser.add_argument("--prompts-seed", type=int, default=REFERENCE_SEED,
                         help=f"shapes seed of the prompts and of FID's real images (the benchmark's: "
                              f"{REFERENCE_SEED}); another gives an independent set, to choose between runs "
@@ -365,11 +368,9 @@ def _miniature_benchmarks(subcommands) -> None:
 
     teacher = subcommands.add_parser("teacher", help="prompt accuracy, shapes-FID and time against DDIM steps")
     teacher.add_argument("--model", default=str(TEACHER_DIR), help="pipeline folder or hub id")
-    teacher.add_argument("--num-images", type=at_least(2), default=512, help="at least 2, for FID")
     teacher.add_argument("--steps", type=at_least(1), nargs="+", default=[1, 2, 4, 8, 25, 50])
     teacher.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
-    teacher.add_argument("--seed", type=int, default=1)
-    _add_prompts_seed(teacher)
+    _add_evaluation_set(teacher)
     teacher.set_defaults(run=bench_teacher)
 
     add = subcommands.add_parser("add", help="the ADD student against the teacher, and the loss ablation")
@@ -378,9 +379,7 @@ def _miniature_benchmarks(subcommands) -> None:
     add.add_argument("--ablations", nargs="*", default=[str(f) for f in VARIANTS.values()],
                      help="student folders trained with one change (a loss weight, the data)")
     add.add_argument("--teacher-guidance", type=float, default=3.0)
-    add.add_argument("--num-images", type=at_least(2), default=512, help="at least 2, for FID")
-    add.add_argument("--seed", type=int, default=1)
-    _add_prompts_seed(add)
+    _add_evaluation_set(add)
     add.set_defaults(run=bench_add)
 
     stream = subcommands.add_parser("stream", help="frames per second and latency of streaming img2img")

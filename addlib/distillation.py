@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 
 from addlib.forward_process import add_noise, per_sample, predict_x0_and_epsilon
-from addlib.sampling import classifier_free_guidance
+from addlib.sampling import classifier_free_guidance, guidance_batch
 
 WEIGHTINGS = ("exponential", "sds", "nfsd")
 NFSD_SWITCH_TIMESTEP = 200  # NFSD (Katzir et al., 2023, eq. 9): below it eps(empty) is nearly noise-free
@@ -41,7 +41,7 @@ def distillation_weight(weighting: str, timesteps: torch.Tensor, alphas_cumprod:
     """c(t) for each of ``timesteps`` (B,), float64 (B,). SDS and NFSD share c(t) = alpha_t * sigma_t / 2."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
-    alpha_bar = per_sample(alphas_cumprod, timesteps, timesteps.float()).double()
+    alpha_bar = per_sample(alphas_cumprod, timesteps, timesteps.double())  # in float64: no float32 rounding
     alpha, sigma = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     weight = alpha if weighting == "exponential" else alpha * sigma / 2  # alpha / (2 sigma) * w(t), w = sigma^2
     return weight
@@ -92,14 +92,13 @@ def teacher_target(
     batch = len(x)
     if not needs_uncond:
         return denoise(teacher.unet, teacher.scheduler, noisy, timesteps, prompt_embeds)[0]
-    uncond = uncond_embeds.expand(batch, -1, -1)
-    extra = [] if weighting != "nfsd" or negative_embeds is None else [negative_embeds.expand(batch, -1, -1)]
-    # One UNet call for the conditional, unconditional (and negative) predictions, as the sampler does.
-    x0s, epsilons = denoise(teacher.unet, teacher.scheduler, noisy.repeat(2 + len(extra), 1, 1, 1),
-                            timesteps.repeat(2 + len(extra)), torch.cat([prompt_embeds, uncond, *extra]))
+    extra = [] if weighting != "nfsd" or negative_embeds is None else [negative_embeds]
+    # One UNet call for the unconditional, conditional (and negative) predictions, as the sampler does.
+    x0s, epsilons = denoise(teacher.unet, teacher.scheduler,
+                            *guidance_batch(noisy, timesteps, uncond_embeds, prompt_embeds, *extra))
     if weighting != "nfsd":
-        return classifier_free_guidance(x0s[batch:2 * batch], x0s[:batch], guidance_scale)
-    eps_cond, eps_uncond = epsilons[:batch], epsilons[batch:2 * batch]
+        return classifier_free_guidance(x0s[:batch], x0s[batch:2 * batch], guidance_scale)
+    eps_uncond, eps_cond = epsilons[:batch], epsilons[batch:2 * batch]
     eps_negative = epsilons[2 * batch:] if extra else eps_uncond
     small_t = (timesteps < NFSD_SWITCH_TIMESTEP).to(x.dtype).view(-1, 1, 1, 1)
     delta_d = small_t * eps_uncond + (1 - small_t) * (eps_uncond - eps_negative)

@@ -36,6 +36,7 @@ from addlib.sampling import (
     classifier_free_guidance,
     ddim_timesteps,
     encode_prompts,
+    guidance_batch,
     image_size,
     vae_factor,
 )
@@ -217,9 +218,8 @@ class StreamDiffusion:
         g, cond = self.guidance_scale, self.cond.expand(len(x), -1, -1)
         if self.cfg_type == "none" or g == 1:
             return self._x0_and_eps(x, t, cond)[0], None
-        if self.cfg_type == "full":  # one UNet call on the doubled batch, unconditional half first
-            x0 = self._x0_and_eps(torch.cat([x, x]), torch.cat([t, t]),
-                                  torch.cat([self.uncond.expand(len(x), -1, -1), cond]))[0]
+        if self.cfg_type == "full":
+            x0 = self._x0_and_eps(*guidance_batch(x, t, self.uncond, cond))[0]
             return classifier_free_guidance(*x0.chunk(2), g), None
         if self.cfg_type == "initialize" and newest:  # one real negative prediction for the newest frame(s)
             x0, eps = self._x0_and_eps(torch.cat([x[:newest], x]), torch.cat([t[:newest], t]),
