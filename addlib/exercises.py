@@ -44,17 +44,35 @@ def repository_url(root: Path = REPO_ROOT) -> str:
 
 
 def setup_cell_source(url: str) -> str:
-    """The first code cell of every notebook: installs the course in Colab, does nothing where addlib exists."""
-    folder = "/content/" + url.rsplit("/", 1)[-1]
-    return "\n".join([
-        f"{SETUP_MARKER}: in Colab (or anywhere addlib is missing) this fetches the course and installs it.",
-        "# Locally, with the course installed as the README says, it does nothing.",
-        "import importlib.util, sys",
-        'if importlib.util.find_spec("addlib") is None:',
-        f"    !git clone -q --depth 1 {url} {folder}",
-        f"    %pip install -q -e {folder}",
-        f'    sys.path.insert(0, "{folder}")',
-    ])
+    """The first code cell of every notebook: in Colab (or any server without addlib) it fetches the course into
+    ./<repository name> and installs it; where addlib is installed it does nothing.
+
+    Plain Python, no ``!`` or ``%`` magics: a failed clone or install stops the cell with one sentence naming
+    the step and the tool's last words, instead of a ``ModuleNotFoundError`` further down. An install that
+    changed packages the runtime had already (Colab's own ipywidgets, say) says to restart the runtime."""
+    folder = url.rsplit("/", 1)[-1]
+    return SETUP_CELL.format(marker=SETUP_MARKER, url=url, folder=folder).strip()
+
+
+SETUP_CELL = """
+{marker}: in Colab (or anywhere addlib is missing) this fetches the course into ./{folder}
+# and installs it. Locally, with the course installed as the README says, it does nothing.
+import importlib.metadata as metadata, importlib.util, pathlib, subprocess, sys
+if importlib.util.find_spec("addlib") is None:
+    def run(step, *command):
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(f"Set-up stopped: {{step}} failed ({{done.stderr.strip()[-300:]}}); run this cell again.")
+    course, url = pathlib.Path("{folder}").resolve(), "{url}"
+    before = {{d.name: d.version for d in metadata.distributions()}}
+    if not course.exists():
+        run(f"fetching the course from {{url}}", "git", "clone", "-q", "--depth", "1", url, str(course))
+    run("installing the course", sys.executable, "-m", "pip", "install", "-q", "-e", str(course))
+    sys.path.insert(0, str(course))
+    changed = sorted({{d.name for d in metadata.distributions() if before.get(d.name, d.version) != d.version}})
+    print(f"Restart the runtime (Colab: Runtime > Restart session) and run the notebook from the top: the install "
+          f"changed {{', '.join(changed)}}." if changed else "The course is installed.")
+"""
 
 
 def strip_solution(source: str, stub: list[str]) -> str:

@@ -119,9 +119,10 @@ class Run:
         self.last_saved = self.state[self.counter]
 
     def check_finite(self, loss: torch.Tensor, what: str, step: int, fix: str = "lower the learning rate") -> None:
-        where = (f"the last good checkpoint (step {self.last_saved}) is in {self.run_dir}"
-                 if (self.run_dir / "checkpoint.json").exists() else "no checkpoint was saved yet")
-        check_finite(loss, what, step, where, fix)
+        if not torch.isfinite(loss):
+            saved = (self.run_dir / "checkpoint.json").exists()
+            check_finite(loss, what, step, f"the last good checkpoint (step {self.last_saved}) is in {self.run_dir}"
+                         if saved else "no checkpoint was saved yet", fix)
 
     def write_recipe(self, out: Path, module: str, device: str | torch.device = "cpu", **extra) -> dict:
         """``recipe.json`` in ``out``: the command that repeats the run, its config, minutes, device, torch's

@@ -84,6 +84,22 @@ def test_solution_notebook_structure(path):
     assert size < 400_000, f"{path.name} is {size // 1000} kB; keep figures small"
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.name)
+def test_every_notebook_opens_with_objectives_and_ends_with_a_summary(path):
+    nb = nbformat.read(path, as_version=4)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and "**You will learn**" in first.source and "**You need**" in first.source
+    learn = first.source.split("**You will learn**")[1].split("**You need**")[0]
+    objectives = [line for line in learn.splitlines() if line.startswith("- ")]
+    assert 3 <= len(objectives) <= 4, f"{len(objectives)} learning objectives; state three or four"
+    need = first.source.split("**You need**")[1].split("\n\n")[0]
+    assert re.search(r"\d+ minutes? on a 2-core CPU", need), "say how long the notebook takes on a 2-core CPU"
+    summaries = [cell for cell in nb.cells if cell.cell_type == "markdown" and "## Summary" in cell.source]
+    assert len(summaries) == 1, "one summary, near the end"
+    points = [line for line in summaries[0].source.split("## Summary")[1].splitlines() if line.startswith("- ")]
+    assert len(points) >= 3, "the summary restates the notebook's points"
+
+
 def test_strip_solution_keeps_indentation_and_rejects_unbalanced_markers():
     source = "def f(x):\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\nf(1)"
     assert exercises.strip_solution(source, exercises.CODE_STUB) == (
