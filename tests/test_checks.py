@@ -348,3 +348,18 @@ def test_skip_probability_checker(capsys, mistake, hint):
     assert capsys.readouterr().out.strip() == "✓ skip_probability passes all 5 cases"
     with pytest.raises(checks.CheckFailed, match=hint):
         checks.check_skip_probability(lambda *a: skip_right(*a, **mistake))
+
+
+def test_a_name_error_in_a_notebook_says_it_comes_from_a_cell_that_stopped(capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("from addlib import checks")
+        checks.explain_name_errors()  # the package registers itself on import; again, in this shell
+        result = shell.run_cell("mine.shape")
+        err = capsys.readouterr().err
+        assert "NameError: name 'mine' is not defined; it is made by a cell above: if that cell stopped" in err
+        assert "Traceback" not in err and not result.success
+    finally:
+        InteractiveShell.clear_instance()

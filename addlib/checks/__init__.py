@@ -7,9 +7,12 @@ Jupyter the failure shows as that message alone, without a traceback into this p
 
 Adding a checker: in its notebook's module, describe the cases, the reference (the library's own function) and
 the mistakes you expect, call :func:`run_checks` (``addlib.checks.core``), and import it here.
+
+Imported in a notebook, this package also turns a ``NameError`` into one line saying that the name comes from a
+cell above that stopped, as a cell after an unfinished exercise does (:func:`explain_name_errors`).
 """
 
-from addlib.checks.core import Case, CheckFailed, Mistake, run_checks
+from addlib.checks.core import Case, CheckFailed, Mistake, explain_name_errors, run_checks
 from addlib.checks.nb01_forward_process import check_add_noise, check_x0_from_epsilon
 from addlib.checks.nb02_sampling import check_ddim_step, check_classifier_free_guidance
 from addlib.checks.nb03_score_distillation import check_distillation_loss, check_sds_weight
@@ -18,11 +21,14 @@ from addlib.checks.nb05_add_training import check_generator_loss, check_renoise
 from addlib.checks.nb06_real_scale import check_lora_parameter_count, check_training_memory
 from addlib.checks.nb07_streaming import check_stream_batch_update, check_skip_probability
 
+explain_name_errors()
+
 __all__ = [
     "it here.",
     "Case",
     "CheckFailed",
     "Mistake",
+    "explain_name_errors",
     "run_checks",
     "check_add_noise",
     "check_x0_from_epsilon",

@@ -9,6 +9,7 @@ into this package.
 from __future__ import annotations
 
 import numbers
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -140,3 +141,24 @@ def _matching_mistake(fn: Callable, cases: Sequence[Case], mistakes: Sequence[Mi
 
 def coefficient(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
     return alphas_cumprod[timesteps].reshape(-1, 1, 1, 1)  # (B, 1, 1, 1)
+
+
+NAME_ERROR_HINT = ("it is made by a cell above: if that cell stopped with an error (an unfinished exercise, say), "
+                   "fix it and run the cells from there again")
+
+
+def explain_name_errors() -> None:
+    """In a notebook, show a ``NameError`` as one line that says where the name should have come from: after
+    an unfinished exercise the next cells fail on names it never made, and a traceback hides why."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is None:
+        return
+
+    def show(shell, kind, error, traceback, tb_offset=None):
+        print(f"NameError: {error}; {NAME_ERROR_HINT}.", file=sys.stderr)
+
+    shell.set_custom_exc((NameError,), show)
