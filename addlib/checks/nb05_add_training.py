@@ -6,6 +6,7 @@ import contextlib
 import copy
 import dataclasses
 from collections.abc import Callable
+from unittest.mock import patch
 
 import torch
 
@@ -49,55 +50,54 @@ def check_generator_loss(fn: Callable, trainer) -> None:
     trainer.discriminator.eval()
     try:
         run_checks("generator_loss", with_gradient(fn), with_gradient(type(trainer).generator_loss), cases,
-                   mistakes=[Mistake(hint, with_gradient(_swapped(trainer, mistake)))
-                             for mistake, hint in _generator_mistakes(trainer.config).items()],
+                   mistakes=[Mistake(hint, with_gradient(wrong)) for hint, wrong in _generator_mistakes(trainer)],
                    # float32 noise in a gradient scaled by lambda = 25 reaches 1e-5; every mistake is far larger
                    atol=1e-4, rtol=1e-4)
     finally:
         trainer.discriminator.train(was_training)
 
 
-def _generator_mistakes(config) -> dict[str, str]:
-    return {
-        "weights": f"lambda = {config.distillation_weight:g} weights the distillation loss, not the adversarial one: "
-                   f"L = L_adv^G + {config.distillation_weight:g} * L_distill.",
-        "not noised": "the student's input is the real latents *noised* to its timestep: x_s = alpha_s z0 + sigma_s "
-                      "eps (add_noise), not z0 itself.",
-        "detached": "the fakes were detached before the discriminator: the student then gets no adversarial "
-                    "gradient. Only the discriminator's own update detaches them.",
-        "discriminator hinge": "the generator's hinge loss is -E[D(fake)] (hinge_generator_loss), not the "
-                               "discriminator's max(0, 1 + D(fake)).",
-        "no guidance": "the teacher's target uses guidance: pass guidance_scale=trainer.config.teacher_guidance_scale "
-                       "and uncond_embeds=trainer.empty to distillation_loss.",
-        "draw order": "right formula, but the random draws come in another order: augment the fakes first "
-                      "(paired_generators(generator)[0]), then call distillation_loss with generator.",
-    }
-
-
-def _swapped(trainer, mistake: str) -> Callable:
-    """``trainer.generator_loss`` with one of its pieces replaced by the wrong one ``mistake`` names."""
+def _generator_mistakes(trainer) -> list[tuple[str, Callable]]:
+    """Each plausible wrong objective with its hint: the trainer's own ``generator_loss`` with one piece swapped,
+    a setting of the trainer or a function of ``addlib.train_add`` (:func:`_swapped`)."""
     import addlib.train_add as module
 
-    config, objective, distillation_loss = trainer.config, type(trainer).generator_loss, module.distillation_loss
+    config, distillation_loss = trainer.config, module.distillation_loss
+    lam = config.distillation_weight
+    weights_swapped, detached = copy.copy(trainer), copy.copy(trainer)
+    weights_swapped.config = dataclasses.replace(config, adversarial_weight=lam,
+                                                 distillation_weight=config.adversarial_weight)
+    detached.discriminator = lambda fake, *args: trainer.discriminator(fake.detach(), *args)
+    return [
+        (f"lambda = {lam:g} weights the distillation loss, not the adversarial one: L = L_adv^G + {lam:g} * "
+         f"L_distill.", _swapped(weights_swapped, module)),
+        ("the student's input is the real latents *noised* to its timestep: x_s = alpha_s z0 + sigma_s eps "
+         "(add_noise), not z0 itself.",
+         _swapped(trainer, module, lambda *_: {"add_noise": lambda latents, noise, timesteps, alphas: latents})),
+        ("the fakes were detached before the discriminator: the student then gets no adversarial gradient. Only "
+         "the discriminator's own update detaches them.", _swapped(detached, module)),
+        ("the generator's hinge loss is -E[D(fake)] (hinge_generator_loss), not the discriminator's "
+         "max(0, 1 + D(fake)).", _swapped(trainer, module, lambda *_: {
+             "hinge_generator_loss": lambda logits: sum(torch.relu(1 + lg).mean() for lg in logits)})),
+        ("the teacher's target uses guidance: pass guidance_scale=trainer.config.teacher_guidance_scale and "
+         "uncond_embeds=trainer.empty to distillation_loss.", _swapped(trainer, module, lambda *_: {
+             "distillation_loss": lambda *a, **k: distillation_loss(*a, **k | {"guidance_scale": 1})})),
+        ("right formula, but the random draws come in another order: augment the fakes first "
+         "(paired_generators(generator)[0]), then call distillation_loss with generator.",
+         _swapped(trainer, module, lambda generator, run: _distillation_draws_first(module, generator, run))),
+    ]
 
-    def loss(_, latents, noise, timesteps, text, pooled, image_embedding, generator):
-        wrong, pieces = copy.copy(trainer), {}
-        if mistake == "weights":
-            wrong.config = dataclasses.replace(config, adversarial_weight=config.distillation_weight,
-                                               distillation_weight=config.adversarial_weight)
-        elif mistake == "not noised":
-            pieces["add_noise"] = lambda latents, noise, timesteps, alphas_cumprod: latents
-        elif mistake == "detached":
-            wrong.discriminator = lambda fake, *args: trainer.discriminator(fake.detach(), *args)
-        elif mistake == "discriminator hinge":
-            pieces["hinge_generator_loss"] = lambda logits: sum(torch.relu(1 + lg).mean() for lg in logits)
-        elif mistake == "no guidance":
-            pieces["distillation_loss"] = lambda *a, **k: distillation_loss(*a, **k | {"guidance_scale": 1})
-        elif mistake == "draw order":
-            pieces = _distillation_draws_first(module, generator, lambda: objective(
-                trainer, latents, noise, timesteps, text, pooled, image_embedding, generator))
-        with _patched(module, pieces):
-            return objective(wrong, latents, noise, timesteps, text, pooled, image_embedding, generator)
+
+def _swapped(trainer, module, pieces: Callable = lambda generator, run: {}) -> Callable:
+    """``generator_loss`` computed by ``trainer`` (the real one or a changed copy) with ``module``'s functions
+    replaced by ``pieces(generator, run)``, where ``run()`` is the real objective on the same inputs."""
+    objective = type(trainer).generator_loss
+
+    def loss(_, *inputs):
+        generator = inputs[-1]
+        replaced = pieces(generator, lambda: objective(trainer, *inputs))
+        with patch.multiple(module, **replaced) if replaced else contextlib.nullcontext():
+            return objective(trainer, *inputs)
     return loss
 
 
@@ -113,24 +113,12 @@ def _distillation_draws_first(module, generator: torch.Generator, run: Callable)
         after.append(generator.get_state())
         return result
 
-    with _patched(module, {"distillation_loss": distillation_from_start}):
+    with patch.multiple(module, distillation_loss=distillation_from_start):
         run()
     augmentation = torch.Generator()
     augmentation.set_state(after[0])
     return {"distillation_loss": distillation_from_start,
             "paired_generators": lambda _: paired_generators(augmentation)}
-
-
-@contextlib.contextmanager
-def _patched(module, pieces: dict):
-    saved = {name: getattr(module, name) for name in pieces}
-    try:
-        for name, piece in pieces.items():
-            setattr(module, name, piece)
-        yield
-    finally:
-        for name, piece in saved.items():
-            setattr(module, name, piece)
 
 
 def check_renoise(fn: Callable) -> None:
