@@ -233,7 +233,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     skipped = streams[-1].skipped_frames / args.num_frames
     rows[-1]["setup"] += f" ({skipped:.0%} skipped)"
     if args.tiny_vae:
-        tiny = load_tiny_vae(args.tiny_vae, device=device).to(pipe.unet.dtype)
+        tiny = load_tiny_vae(args.tiny_vae, device=device, dtype=pipe.unet.dtype)
         measure("compute bound, tiny VAE", one, compute_bound(pipe, tiny, 1, t0))
         measure("stream + tiny VAE", one, stream(one, vae=tiny))
     _print_stream_table(args, rows, skipped, device, pipe.unet.dtype)

@@ -43,17 +43,6 @@ def repository_url(root: Path = REPO_ROOT) -> str:
         return tomllib.load(f)["project"]["urls"]["Repository"].rstrip("/")
 
 
-def setup_cell_source(url: str) -> str:
-    """The first code cell of every notebook: in Colab (or any server without addlib) it fetches the course into
-    ./<repository name> and installs it; where addlib is installed it does nothing.
-
-    Plain Python, no ``!`` or ``%`` magics: a failed clone or install stops the cell with one sentence naming
-    the step and the tool's last words, instead of a ``ModuleNotFoundError`` further down. An install that
-    changed packages the runtime had already (Colab's own ipywidgets, say) says to restart the runtime."""
-    folder = url.rsplit("/", 1)[-1]
-    return SETUP_CELL.format(marker=SETUP_MARKER, url=url, folder=folder).strip()
-
-
 SETUP_CELL = """
 {marker}: in Colab (or anywhere addlib is missing) this fetches the course into ./{folder}
 # and installs it. Locally, with the course installed as the README says, it does nothing.
@@ -73,6 +62,17 @@ if importlib.util.find_spec("addlib") is None:
     print(f"Restart the runtime (Colab: Runtime > Restart session) and run the notebook from the top: the install "
           f"changed {{', '.join(changed)}}." if changed else "The course is installed.")
 """
+
+
+def setup_cell_source(url: str) -> str:
+    """The first code cell of every notebook: in Colab (or any server without addlib) it fetches the course into
+    ./<repository name> and installs it; where addlib is installed it does nothing.
+
+    Plain Python, no ``!`` or ``%`` magics: a failed clone or install stops the cell with one sentence naming
+    the step and the tool's last words, instead of a ``ModuleNotFoundError`` further down. An install that
+    changed packages the runtime had already (Colab's own ipywidgets, say) says to restart the runtime."""
+    folder = url.rsplit("/", 1)[-1]
+    return SETUP_CELL.format(marker=SETUP_MARKER, url=url, folder=folder).strip()
 
 
 def strip_solution(source: str, stub: list[str]) -> str:

@@ -148,15 +148,17 @@ def pipeline_available(path: str | Path) -> bool:
         return False
 
 
-def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | None = None) -> AutoencoderTiny:
+def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
     """A frozen ``AutoencoderTiny``: the miniature's (``python -m addlib.train_tiny_vae``) or a folder or hub
-    id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in."""
+    id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in;
+    give it the UNet's ``dtype`` (a stream in float16, say)."""
     device = resolve_device(device)
 
     def load(path):
         # diffusers' AutoencoderTiny writes block_out_channels into its own config, then warns on reading it back.
         with quiet_diffusers():
-            return AutoencoderTiny.from_pretrained(path, use_safetensors=True)
+            return AutoencoderTiny.from_pretrained(path, use_safetensors=True, torch_dtype=dtype)
 
     vae = from_folder_or_hub(load, path, "tiny VAE", "config.json",
                              "train one with `python -m addlib.train_tiny_vae --out FOLDER`",

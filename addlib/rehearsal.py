@@ -223,8 +223,7 @@ def measure_stream(model: str, tiny_vae: str, resolution: int, num_frames: int) 
 
     cuda = torch.cuda.is_available()
     pipe = load_pipeline(model, dtype=torch.float16 if cuda else torch.float32)
-    with quiet_diffusers():  # diffusers warns on any .to(dtype)
-        vae = load_tiny_vae(tiny_vae, device=pipe.device).to(pipe.unet.dtype)
+    vae = load_tiny_vae(tiny_vae, device=pipe.device, dtype=pipe.unet.dtype)
     frames, _ = moving_shapes(num_frames, resolution=resolution, index=3)
 
     def make():

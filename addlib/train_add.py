@@ -360,7 +360,6 @@ class ADDTrainer:
                 self.teacher.unet.enable_adapters()
 
 
-
 def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
     """Run (or, with ``resume``, continue) ADD training; checkpoints in ``run_dir``, the student in ``out``."""
     accelerator = Accelerator(mixed_precision=config.mixed_precision)
