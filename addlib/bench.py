@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.errors import OneLineParser, at_least, run_command
 from addlib.evaluation import CLIP_MODEL
@@ -138,20 +139,20 @@ def bench_add(args: argparse.Namespace) -> None:
     torch.manual_seed(0)
     teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
     real, prompts, reference = _evaluation_set(args.num_images, args.prompts_seed)
-    rows = [_unsampled_row("real images", real, prompts, reference, classifier)]
-    for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance)):
-        rows.append({"model": "teacher (DDIM)", **_sampled_row(teacher, prompts, reference, classifier, steps,
-                                                                guidance, args.seed)})
     student = load_pipeline(args.student)
-    for steps in (1, 2, 4):
-        rows.append({"model": "ADD student", **_sampled_row(student, prompts, reference, classifier, steps, 1.0,
-                                                             args.seed, "add")})
+    # (model, pipeline, steps, guidance, sampler) of each row; the student samples as ADD
+    runs = [("teacher (DDIM)", teacher, steps, guidance, "ddim")
+            for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance))]
+    runs += [("ADD student", student, steps, 1.0, "add") for steps in (1, 2, 4)]
     missing = [folder for folder in args.ablations if not (Path(folder) / "model_index.json").exists()]
     labels = {str(path): label for label, path in VARIANTS.items()}
     for folder in (folder for folder in args.ablations if folder not in missing):
         variant, label = load_pipeline(folder), labels.get(str(Path(folder)), f"ablation: {Path(folder).name}")
-        rows.extend({"model": label, **_sampled_row(variant, prompts, reference, classifier, steps, 1.0, args.seed,
-                                                    "add")} for steps in (1, 4))
+        runs += [(label, variant, steps, 1.0, "add") for steps in (1, 4)]
+    rows = [_unsampled_row("real images", real, prompts, reference, classifier)]
+    for model, pipe, steps, guidance, sampler in tqdm(runs, desc="sampling and scoring", unit="row"):
+        rows.append({"model": model, **_sampled_row(pipe, prompts, reference, classifier, steps, guidance,
+                                                     args.seed, sampler)})
     print(f"{args.num_images} prompts (captions of shapes seed {args.prompts_seed}), sampling seed {args.seed}, "
           f"{torch.get_num_threads()} threads, {teacher.device}; the student samples as ADD (x0, noised afresh)")
     print_table(rows)
@@ -194,6 +195,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     one, many = [args.t_index], args.t_index_list
     timesteps = {len(one): StreamDiffusion(pipe, one).timesteps, len(many): StreamDiffusion(pipe, many).timesteps}
     rows, streams = [], []  # the table, and every stream built, for the filter's count of skipped frames
+    progress = tqdm(total=9 + 2 * bool(args.tiny_vae), desc="timing the stream setups", unit="setup")
 
     def stream(t_index_list, batch=True, vae=None, threshold=None):
         def make():
@@ -216,6 +218,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         rows.append({"setup": name, "timesteps": ",".join(str(int(t)) for t in timesteps[len(t_index_list)]),
                      "UNet calls/frame": calls, "rows/call": rows_per_call, "fps": f"{fps:.1f}",
                      "ms/frame": f"{1000 / fps:.2f}", "latency (frames)": latency, "max abs diff vs naive": difference})
+        progress.update()
         return outputs
 
     t0 = int(timesteps[1][0])
@@ -236,6 +239,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         tiny = load_tiny_vae(args.tiny_vae, device=device, dtype=pipe.unet.dtype)
         measure("compute bound, tiny VAE", one, compute_bound(pipe, tiny, 1, t0))
         measure("stream + tiny VAE", one, stream(one, vae=tiny))
+    progress.close()
     _print_stream_table(args, rows, skipped, device, pipe.unet.dtype)
     return rows
 

@@ -19,6 +19,7 @@ import copy
 import re
 import sys
 import tomllib
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -33,6 +34,8 @@ README_START, README_END = "<!-- notebooks:start -->", "<!-- notebooks:end -->"
 KEPT_CELL_METADATA = ("nbgrader", "tags")
 KEPT_NOTEBOOK_METADATA = ("kernelspec", "language_info")
 SETUP_MARKER = "# Set-up"
+# A cell that runs longer than this on 2 cores looks hung unless it shows progress.
+SLOW_CELL_SECONDS = 10
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,13 +189,39 @@ def execute(path: Path, timeout: int = 1200) -> None:
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    # No timings or widget state: they change every run and would make every execution a diff.
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
-                            store_widget_state=False, resources={"metadata": {"path": str(path.parent)}})
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3", store_widget_state=False,
+                            resources={"metadata": {"path": str(path.parent)}})
     client.execute()
-    for cell in nb.cells:
-        cell.metadata.pop("execution", None)
+    for index, cell in enumerate(nb.cells):
+        # Timings change every run and would make every execution a diff: store none, but name the slow cells
+        # that show no progress (a text bar writes to stderr).
+        timing = cell.metadata.pop("execution", {})
+        if "iopub.execute_input" in timing and "shell.execute_reply" in timing:
+            start, end = (datetime.fromisoformat(timing[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            seconds = (end - start).total_seconds()
+            if seconds > SLOW_CELL_SECONDS and not any(o.get("name") == "stderr" for o in cell.outputs):
+                print(f"{path.name}, cell {index}: {seconds:.0f} s with no progress bar (a learner may think it hung)")
+        coalesce_streams(cell)
     nbformat.write(nb, path)
+
+
+def coalesce_streams(cell: nbformat.NotebookNode) -> None:
+    """Consecutive outputs of one stream as one, with carriage returns applied, as a terminal shows them: a
+    progress bar is stored as its last state, not as one output per update."""
+    outputs = []
+    for output in cell.get("outputs", []):
+        previous = outputs[-1] if outputs else None
+        if output.output_type == "stream" and previous and previous.output_type == "stream" \
+                and previous.name == output.name:
+            previous.text += output.text
+        else:
+            outputs.append(output)
+    for output in outputs:
+        if output.output_type == "stream":
+            output.text = re.sub(r"[^\n]*\r(?=[^\n])", "", output.text)  # a line keeps what follows its last \r
+    if "outputs" in cell:
+        cell.outputs = outputs
 
 
 def main(argv: list[str] | None = None) -> int:

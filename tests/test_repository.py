@@ -130,3 +130,13 @@ def test_exercise_notebook_stubs_answers_and_clears_outputs():
     nb.cells[0].metadata = {}
     with pytest.raises(ValueError, match="solution markers and nbgrader metadata disagree"):
         exercises.exercise_notebook(nb)
+
+
+def test_a_progress_bar_is_stored_as_its_last_state():
+    stream = lambda name, text: nbformat.v4.new_output("stream", name=name, text=text)  # noqa: E731
+    cell = nbformat.v4.new_code_cell("run()")
+    cell.outputs = [stream("stderr", "\rsteps:   0%|"), stream("stderr", "\rsteps:  50%|"),
+                    stream("stderr", "\rsteps: 100%|"), stream("stdout", "done\nloss 0.1\n"), stream("stderr", "\n")]
+    exercises.coalesce_streams(cell)
+    assert [(o.name, o.text) for o in cell.outputs] == [
+        ("stderr", "steps: 100%|"), ("stdout", "done\nloss 0.1\n"), ("stderr", "\n")]
