@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.datasets import to_uint8
 from addlib.loading import from_folder_or_hub
@@ -128,7 +129,7 @@ def evaluate(teacher, student, prompts: list[str], reference: torch.Tensor, *, c
     runs = [("teacher", 1, 1.0, "ddim"), ("teacher", 25, guidance_scale, "ddim"),
             ("student", 1, 1.0, "add"), ("student", 2, 1.0, "add"), ("student", 4, 1.0, "add")]
     rows, images = [], {}
-    for model, steps, guidance, sampler in runs:
+    for model, steps, guidance, sampler in tqdm(runs, desc="sampling and scoring", unit="row"):
         pipe = teacher if model == "teacher" else student
         start = time.perf_counter()
         with torch.autocast("cuda", enabled=pipe.device.type == "cuda"):  # fp16 on a GPU, as a user would sample

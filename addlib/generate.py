@@ -25,7 +25,7 @@ import os
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.datasets import to_uint8
 from addlib.errors import OneLineParser, at_least, check_integer, run_command

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.checkpoints import command_line, resume_checkpoint, save_checkpoint
 

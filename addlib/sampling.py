@@ -26,7 +26,7 @@ pipeline's own ``__call__``.
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.errors import check_finite, check_integer
 from addlib.forward_process import per_sample, predict_x0_and_epsilon
