@@ -27,7 +27,7 @@ import torch
 
 from addlib.errors import check_images
 from addlib.evaluators import AttributeClassifier
-from addlib.shapes import ATTRIBUTES, SEEDS, make_shapes, parse_caption
+from addlib.shapes import ATTRIBUTES, SEEDS, labels_to_attributes, make_shapes, parse_caption
 
 REFERENCE_SEED = SEEDS["reference"]  # held-out real images: no training run draws from this seed
 
@@ -117,7 +117,7 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
     right = {name: 0 for name in ATTRIBUTES}  # and how many of those images show it
     all_right = 0
     for asked, labels in zip(requests, predicted.tolist()):
-        read = {name: values[label] for (name, values), label in zip(ATTRIBUTES.items(), labels)}
+        read = labels_to_attributes(labels)
         for name in asked:
             named[name] += 1
             right[name] += read[name] == asked[name]
