@@ -52,31 +52,41 @@ class _AttributeReader(nn.Module):
         return torch.stack([logits[name].argmax(dim=1) for name in ATTRIBUTES], dim=1)
 
 
-class AttributeClassifier(_AttributeReader):
-    """A small CNN reading the five attributes of (B, 3, 32, 32) images in [-1, 1].
+def _conv_stack(channels: Sequence[int], image_size: int, out_dim: int) -> nn.Sequential:
+    """Stages of conv 3x3 + GroupNorm + ReLU + 2x2 max-pool, the last map flattened, not averaged (position is an
+    attribute, and global pooling would throw away where the shape is), into ``out_dim`` units + ReLU."""
+    if image_size % 2 ** len(channels):
+        raise ValueError(f"image_size must be divisible by {2 ** len(channels)}, got {image_size}")
+    layers, in_channels = [], 3
+    for out_channels in channels:
+        # GroupNorm, not BatchNorm: an image's features never depend on the rest of its batch, in any mode.
+        layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+        in_channels = out_channels
+    final_size = image_size // 2 ** len(channels)
+    return nn.Sequential(*layers, nn.Flatten(), nn.Linear(in_channels * final_size**2, out_dim), nn.ReLU())
 
-    Three stages of conv 3x3 + GroupNorm + ReLU + 2x2 max-pool (32 -> 16 -> 8 -> 4 pixels), then the 4x4 map
-    is flattened, not averaged (position is an attribute, and global pooling would throw away where the shape
-    is), into a ``feature_dim`` penultimate layer: :meth:`features`, shapes-FID's feature space. One linear
-    head per attribute reads it.
+
+class AttributeClassifier(_AttributeReader):
+    """A small CNN reading the five attributes of (B, 3, 32, 32) images in [-1, 1], and able to say "none of these".
+
+    Three conv stages (32 -> 16 -> 8 -> 4 pixels) into a ``feature_dim`` penultimate layer: :meth:`features`,
+    shapes-FID's feature space. One linear head per attribute reads it. Those heads are closed-world: any blob
+    gets the likeliest of circle, square and triangle. So a second, smaller CNN, ``reject``, trained on real
+    images against :func:`addlib.shapes.make_malformed`'s stars, crosses, blobs, pairs and smudges, gives the
+    logit that an image holds none of the world's shapes (:meth:`rejects`). It shares nothing with the feature
+    network, so it changes no shapes-FID.
     """
 
-    def __init__(self, image_size: int = 32, channels: Sequence[int] = (32, 64, 128), feature_dim: int = 128):
+    def __init__(self, image_size: int = 32, channels: Sequence[int] = (32, 64, 128), feature_dim: int = 128,
+                 reject_channels: Sequence[int] = (16, 32, 64)):
         super().__init__()
-        if image_size % 2 ** len(channels):
-            raise ValueError(f"image_size must be divisible by {2 ** len(channels)}, got {image_size}")
-        self.config = dict(image_size=image_size, channels=list(channels), feature_dim=feature_dim)
-        layers, in_channels = [], 3
-        for out_channels in channels:
-            # GroupNorm, not BatchNorm: an image's features never depend on the rest of its batch, in any mode.
-            layers += [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.GroupNorm(8, out_channels),
-                       nn.ReLU(), nn.MaxPool2d(2)]
-            in_channels = out_channels
-        final_size = image_size // 2 ** len(channels)
-        self.backbone = nn.Sequential(
-            *layers, nn.Flatten(), nn.Linear(in_channels * final_size**2, feature_dim), nn.ReLU()
-        )
+        self.config = dict(image_size=image_size, channels=list(channels), feature_dim=feature_dim,
+                           reject_channels=list(reject_channels))
+        self.backbone = _conv_stack(channels, image_size, feature_dim)
         self.heads = nn.ModuleDict({name: nn.Linear(feature_dim, len(values)) for name, values in ATTRIBUTES.items()})
+        # Built last, so the attribute network draws the same initial weights as before it existed.
+        self.reject = nn.Sequential(_conv_stack(reject_channels, image_size, 64), nn.Linear(64, 1))
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The penultimate features (B, feature_dim) of images (B, 3, 32, 32): what shapes-FID compares."""
@@ -87,6 +97,15 @@ class AttributeClassifier(_AttributeReader):
         """Logits per attribute: ``{"shape": (B, 3), "color": (B, 6), ...}``, keyed and ordered as ATTRIBUTES."""
         features = self.features(images)
         return {name: head(features) for name, head in self.heads.items()}
+
+    def none_logit(self, images: torch.Tensor) -> torch.Tensor:
+        """The logit (B,) that each image holds none of the world's shapes: no shape, two, or a malformed one."""
+        self._check_images(images)
+        return self.reject(images)[:, 0]
+
+    def rejects(self, images: torch.Tensor) -> torch.Tensor:
+        """Whether each image (B, 3, 32, 32) is "none of these" (probability above one half), (B,) bool."""
+        return self.none_logit(images) > 0
 
 
 class _Attention(nn.Module):

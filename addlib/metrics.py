@@ -5,7 +5,8 @@ and prompt alignment (CLIP score). In the shapes world both are measured with th
 :mod:`addlib.evaluators` (never used in training, so a model cannot have learned to fool it):
 
 - **prompt accuracy**: the classifier reads the five attributes of each generated image; the score is the
-  fraction that match what the prompt named (:func:`prompt_accuracy`);
+  fraction that match what the prompt named, a shape counting only where the image holds exactly one of the
+  world's shapes (:func:`prompt_accuracy`);
 - **shapes-FID**: the Frechet distance (Heusel et al., 2017, "GANs Trained by a Two Time-Scale Update Rule
   Converge to a Local Nash Equilibrium") between Gaussians fitted to generated and real images' features,
   taken in the classifier's penultimate layer instead of Inception-v3's, as FID on MNIST uses a LeNet
@@ -14,7 +15,8 @@ and prompt alignment (CLIP score). In the shapes world both are measured with th
 
 A third check needs no classifier: every real shapes image holds exactly one shape, so
 :func:`count_shapes` counts the blobs that stand out from an image's background. A generator that draws a
-second shape beside the one asked for can still score full prompt accuracy, since the classifier reads one.
+second shape beside the one asked for would fool a classifier that reads one shape per image; prompt accuracy
+counts such an image wrong.
 
 Shapes-world seeds are given out once for the whole course (``addlib.shapes.SEEDS``), so no evaluation image
 was ever trained on: evaluation references use seed 7 (``REFERENCE_SEED``, :func:`real_images`).
@@ -102,9 +104,16 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
     """How often generated images (N, 3, 32, 32) show what their prompts asked for, as read by the classifier.
 
     Each image is scored only on the attributes its prompt names (``parse_caption``): "a red circle" checks
-    shape and colour, whatever the size, position and background. Returns, for each attribute named by at
-    least one prompt, the accuracy over the prompts that name it, and ``"joint"``: the fraction of images
-    whose every named attribute is right.
+    shape and colour, whatever the size, position and background. The shape counts as right only if the image
+    holds exactly one shape: the classifier does not call it "none of these" (``classifier.rejects``: a star, a
+    cross, a smudge) and :func:`count_shapes` finds one blob. A closed-world reading would call any blob a
+    circle, square or triangle, and miss a second shape entirely.
+
+    Returns, for each attribute named by at least one prompt, the accuracy over the prompts that name it;
+    ``"joint"``, the fraction of images whose every named attribute is right; ``"closed-world joint"``, the same
+    with the classifier's three shapes taken at their word (the figure before "none of these" existed); and the
+    fractions of images the classifier refuses (``"none of these"``) and that hold two or more shapes
+    (``"several shapes"``).
     """
     if len(images) != len(prompts) or not prompts:
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image, "
@@ -112,18 +121,26 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
     check_images("images", images)
     requests = [parse_caption(prompt) for prompt in prompts]  # before the classifier runs: bad prompts fail fast
     device = _device(classifier)
-    predicted = torch.cat([classifier.predict(batch.to(device)).cpu() for batch in images.split(batch_size)])
+    batches = [batch.to(device) for batch in images.split(batch_size)]
+    predicted = torch.cat([classifier.predict(batch).cpu() for batch in batches])
+    refused = torch.cat([classifier.rejects(batch).cpu() for batch in batches])
+    counts = count_shapes(images)
+    one_shape = (~refused & (counts == 1)).tolist()
     named = {name: 0 for name in ATTRIBUTES}  # how many prompts name each attribute
     right = {name: 0 for name in ATTRIBUTES}  # and how many of those images show it
-    all_right = 0
-    for asked, labels in zip(requests, predicted.tolist()):
+    all_right = closed_world = 0
+    for asked, labels, single in zip(requests, predicted.tolist(), one_shape):
         read = labels_to_attributes(labels)
+        correct = {name: read[name] == value and (single or name != "shape") for name, value in asked.items()}
         for name in asked:
             named[name] += 1
-            right[name] += read[name] == asked[name]
-        all_right += all(read[name] == value for name, value in asked.items())
+            right[name] += correct[name]
+        all_right += all(correct.values())
+        closed_world += all(read[name] == value for name, value in asked.items())
     accuracy = {name: right[name] / named[name] for name in ATTRIBUTES if named[name]}
-    return accuracy | {"joint": all_right / len(prompts)}
+    return accuracy | {"joint": all_right / len(prompts), "closed-world joint": closed_world / len(prompts),
+                       "none of these": refused.float().mean().item(),
+                       "several shapes": (counts >= 2).float().mean().item()}
 
 
 def count_shapes(images: torch.Tensor, threshold: float = 0.4, min_area: int = 6) -> torch.Tensor:

@@ -117,7 +117,7 @@ def _uniforms(seed: int, indices: np.ndarray, stream: int = 0) -> np.ndarray:
     starts at ``splitmix64(seed)``; a hash of a counter, so any image's draws cost the same to reach. Another
     ``stream`` gives independent draws for the same images.
     """
-    key = _splitmix64(np.array([seed], dtype=np.uint64) ^ np.uint64(stream) * _GOLDEN_GAMMA)
+    key = _splitmix64(np.array([seed], dtype=np.uint64) ^ np.array([stream], dtype=np.uint64) * _GOLDEN_GAMMA)
     counters = indices.astype(np.uint64)[:, None] * np.uint64(_NUM_DRAWS) + np.arange(_NUM_DRAWS, dtype=np.uint64)
     bits = _splitmix64(counters * _GOLDEN_GAMMA + key)
     return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53  # the top 53 bits fill a double's mantissa
@@ -361,6 +361,102 @@ def caption(attributes: dict[str, str]) -> str:
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"  # "an orange circle", "on an orange background"
+
+
+# --- Not-shapes: what an honest evaluator must refuse -------------------------------------------------------
+# A closed-world classifier reads *some* shape into any blob. A one-step generator draws blobs no caption asks
+# for: stars, crosses, bow-ties, worms, two shapes, smudges too faint to see. make_malformed renders such images,
+# so the evaluator can learn to say "none of these" (addlib.evaluators, train_evaluators --which reject).
+
+MALFORMED = ("star", "cross", "bow-tie", "blob", "ellipse", "two shapes", "faint", "empty")
+_MALFORMED_STREAM = 2  # draws apart from the scene's own (stream 0) and its caption's (stream 1)
+
+
+def _rotated(dx: torch.Tensor, dy: torch.Tensor, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets in a frame turned by ``angle`` (n, 1, 1) radians; both come back (n, H, W)."""
+    cos, sin = angle.cos(), angle.sin()
+    return cos * dx + sin * dy, cos * dy - sin * dx
+
+
+def _radial_distance(dx, dy, radius_at) -> torch.Tensor:
+    """The (approximate) signed distance to a star-shaped outline whose radius at angle theta is ``radius_at``."""
+    return torch.sqrt(dx**2 + dy**2) - radius_at(torch.atan2(dy, dx))
+
+
+def _malformed_distance(kind: int, dx, dy, r, u) -> torch.Tensor:
+    """Signed distances (n, H, W) to ``MALFORMED[kind]`` outlines of size ``r`` (n, 1, 1), drawn from ``u``
+    (n, k) uniforms; "two shapes", "faint" and "empty" are made from genuine shapes by :func:`make_malformed`."""
+    def draw(i):
+        return u[:, i, None, None]
+    name = MALFORMED[kind]
+    if name == "star":  # 4 to 6 points, inner radius 30-55% of the outer
+        points, inner, turn = (4 + (3 * draw(0)).floor()), 0.3 + 0.25 * draw(1), 2 * math.pi * draw(2)
+        return _radial_distance(dx, dy, lambda theta: 1.3 * r * (inner + (1 - inner) * (
+            0.5 + 0.5 * torch.cos(points * (theta + turn))) ** 2))
+    if name == "blob":  # a circle pushed in and out by three random harmonics
+        return _radial_distance(dx, dy, lambda theta: r * (1 + sum(
+            (0.15 + 0.2 * draw(k)) * torch.cos((k + 2) * theta + 2 * math.pi * draw(k + 3)) for k in range(3))))
+    u_, v = _rotated(dx, dy, math.pi * draw(0))
+    if name == "cross":  # two bars, a plus or an X
+        length, width = 1.2 * r, (0.2 + 0.15 * draw(1)) * r
+        return torch.minimum(torch.maximum(u_.abs() - length, v.abs() - width),
+                             torch.maximum(v.abs() - length, u_.abs() - width))
+    if name == "bow-tie":  # two triangles meeting at their tips
+        slope = 0.6 + 0.5 * draw(1)
+        return torch.maximum((v.abs() - slope * u_.abs()) / torch.sqrt(1 + slope**2), u_.abs() - 1.2 * r)
+    aspect = 2 + 1.5 * draw(1)  # an ellipse: a worm of a circle
+    a, b = 1.3 * r, 1.3 * r / aspect
+    return (torch.sqrt((u_ / a) ** 2 + (v / b) ** 2) - 1) * b
+
+
+def make_malformed(num_images: int, seed: int = 0, resolution: int = 32, *, start: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images that are *not* one of the world's shapes, with the index in ``MALFORMED`` of what each holds.
+
+    Each takes the colours, place and size of image ``start + i`` of ``make_shapes(..., seed)``, and draws on
+    it, in equal shares: a star, a cross, a bow-tie, a lumpy blob, a thin ellipse, two genuine shapes, a genuine
+    shape faded to 8-30% of its contrast, or nothing at all. Returns ``(images (N, 3, H, W) in [-1, 1], kinds
+    (N,) int64)``; like make_shapes, image ``i`` depends only on ``(seed, start + i)``.
+    """
+    num_images = _check_index(num_images, "num_images")
+    seed, start = _check_index(seed, "seed"), _check_index(start, "start")
+    resolution = _check_resolution(resolution)
+    indices = np.arange(start, start + num_images, dtype=np.uint64)
+    scenes = _draw_scenes(seed, start, num_images)
+    u = torch.from_numpy(_uniforms(seed, indices, _MALFORMED_STREAM)).float()
+    kinds = (u[:, 0] * len(MALFORMED)).long()
+    images = _render(scenes, resolution)  # the genuine shape, which "faint" starts from
+    # "two shapes": the scene's shape in a corner (the top left if it was in the centre) and, in the opposite
+    # corner, a small second shape of another scene of the seed, in the first one's colour so it stands out.
+    two = kinds == MALFORMED.index("two shapes")
+    centers = torch.tensor([POSITION_CENTERS[p] for p in POSITIONS])
+    corner = scenes.labels[two, 3].clamp(max=POSITIONS.index("bottom right"))  # the centre (4) becomes top left (0)
+    offset = scenes.centers[two] - centers[scenes.labels[two, 3]]  # the scene's jitter, kept
+    second = _draw_scenes(seed, start + 2**63, num_images)  # far from any index a dataset reaches
+    first = _Scenes(scenes.labels[two], centers[corner] + offset, scenes.radii[two], scenes.colors[two],
+                    scenes.backgrounds[two])
+    pair = first._replace(labels=second.labels[two], centers=centers[3 - corner] + offset,
+                          radii=second.radii[two].clamp(max=BASE_RADIUS["small"] * (1 + RADIUS_JITTER)))
+    images[two] = _render(first, resolution)
+    partner = _render(pair, resolution)
+    background = scenes.backgrounds[:, :, None, None]
+    images[two] = torch.where((partner - background[two]).abs().sum(1, keepdim=True) > 1e-6, partner, images[two])
+    faint = kinds == MALFORMED.index("faint")
+    images[faint] = background[faint] + (0.08 + 0.22 * u[faint, 1, None, None, None]) * (
+        images[faint] - background[faint])
+    empty = kinds == MALFORMED.index("empty")
+    images[empty] = background[empty].expand(-1, -1, resolution, resolution)
+    pixel_centers = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
+    for kind in range(MALFORMED.index("two shapes")):
+        mine = (kinds == kind).nonzero()[:, 0]
+        if not len(mine):
+            continue
+        dx = pixel_centers[None, None, :] - scenes.centers[mine, 0, None, None]
+        dy = pixel_centers[None, :, None] - scenes.centers[mine, 1, None, None]
+        distance = _malformed_distance(kind, dx, dy, scenes.radii[mine, None, None], u[mine, 1:])
+        coverage = (0.5 - distance * resolution).clamp(0, 1)[:, None]
+        images[mine] = background[mine] + coverage * (scenes.colors[mine, :, None, None] - background[mine])
+    return images, kinds
 
 
 # --- Parsing captions ---------------------------------------------------------------------------------------

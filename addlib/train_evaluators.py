@@ -7,7 +7,11 @@
 
 The attribute classifier (the evaluator of :mod:`addlib.metrics`), then the TinyViT (the frozen feature network
 of ADD's discriminator, pretrained supervised like DeiT: Touvron et al., 2021) learn the five attributes with
-a sum of cross-entropies, one per attribute, using AdamW with a warmed-up cosine learning rate.
+a sum of cross-entropies, one per attribute, using AdamW with a warmed-up cosine learning rate. The classifier
+then learns, in a second stage, to say "none of these": its separate ``reject`` CNN takes a binary cross-entropy
+on half real images, half :func:`addlib.shapes.make_malformed`'s (label 1), with a little blur as well (a
+generator's edges are softer than a render's), while the attribute network, which has no part in that loss,
+stays as it was.
 
 Step ``s`` trains on ``make_shapes(batch_size, seed=1, start=s * batch_size)``: fresh images every step, from
 the seed kept for evaluator training (the teacher's is 0, the evaluation references' 7). Its augmentation
@@ -31,7 +35,7 @@ from addlib.checkpoints import add_config_options
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
 from addlib.metrics import real_images
 from addlib.runs import Run, lr_at, set_lr, step_generator
-from addlib.shapes import ATTRIBUTES, SEEDS, make_shapes
+from addlib.shapes import ATTRIBUTES, MALFORMED, SEEDS, make_malformed, make_shapes
 
 NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in this order by --which both
 
@@ -43,6 +47,11 @@ class Config:
     # Sized for 2 CPU cores: ~0.07 s per classifier step (~2.5 min) and ~0.26 s per ViT step (~6 min).
     classifier_steps: int = 2000  # every attribute is read perfectly by step 300; the rest refines the features
     classifier_lr: float = 2e-3
+    # the classifier's "none of these" stage (~1 min): it refuses no held-out real image and >= 99% of each kind
+    # of held-out not-shape (data/evaluators/classifier/recipe.json)
+    reject_steps: int = 1500
+    reject_lr: float = 2e-3
+    reject_blur: float = 0.8  # the largest Gaussian blur sigma, in pixels; each image draws its own in [0, it]
     vit_steps: int = 1400  # shape is the ViT's slow attribute: 89% after a 600-step run, the others >= 99.9%
     vit_lr: float = 2e-3
     warmup_steps: int = 100
@@ -63,6 +72,28 @@ def augment(images: torch.Tensor, generator: torch.Generator, config: Config) ->
     return (images + shift + noise).clamp(-1, 1)
 
 
+def blur(images: torch.Tensor, generator: torch.Generator, max_sigma: float) -> torch.Tensor:
+    """Images (B, 3, H, W), each blurred by a Gaussian of its own sigma in [0, max_sigma] pixels (5 taps)."""
+    batch, channels, height, width = images.shape
+    sigma = (torch.rand(batch, generator=generator) * max_sigma).clamp(min=1e-3)[:, None]
+    taps = torch.exp(-torch.arange(-2.0, 3.0) ** 2 / (2 * sigma**2))
+    taps = (taps / taps.sum(dim=1, keepdim=True)).repeat_interleave(channels, dim=0)  # (B * 3, 5)
+    x = F.pad(images.reshape(1, batch * channels, height, width), (2, 2, 2, 2), mode="replicate")
+    x = F.conv2d(x, taps[:, None, :, None], groups=batch * channels)  # separable: down the columns, then rows
+    return F.conv2d(x, taps[:, None, None, :], groups=batch * channels).reshape(images.shape)
+
+
+def reject_loss(model: AttributeClassifier, step: int, generator: torch.Generator, config: Config) -> torch.Tensor:
+    """The "none of these" stage's loss at ``step``: binary cross-entropy of the classifier's none-logit on half
+    real images (0) and half malformed ones (1), fresh every step, blurred and augmented alike."""
+    half = config.batch_size // 2
+    real, _, _ = make_shapes(half, config.seed, start=step * half)
+    malformed, _ = make_malformed(half, config.seed, start=step * half)
+    images = augment(blur(torch.cat([real, malformed]), generator, config.reject_blur), generator, config)
+    targets = torch.cat([torch.zeros(half), torch.ones(half)])
+    return F.binary_cross_entropy_with_logits(model.none_logit(images), targets)
+
+
 def attribute_loss(logits: dict[str, torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
     """The sum over the five attributes of the cross-entropy of their logits against labels (B, 5)."""
     return sum(F.cross_entropy(logits[name], labels[:, i]) for i, name in enumerate(ATTRIBUTES))
@@ -77,27 +108,50 @@ def held_out_accuracy(model: torch.nn.Module, num_images: int) -> dict[str, floa
     return {name: round(value, 4) for name, value in zip(ATTRIBUTES, correct.tolist())}
 
 
+@torch.no_grad()
+def held_out_rejections(model: AttributeClassifier, num_images: int) -> dict[str, float]:
+    """How often the classifier says "none of these": of ``num_images`` reference real images (seed 7, which it
+    should accept), and of as many malformed images of that seed, by kind (which it should refuse)."""
+    real, _, _ = real_images(num_images)
+    malformed, kinds = make_malformed(num_images, SEEDS["reference"])
+    rejected = torch.cat([model.rejects(batch) for batch in malformed.split(500)]).float()
+    return {"real images": round(torch.cat([model.rejects(batch) for batch in real.split(500)]).float().mean().item(),
+                                 4),
+            **{kind: round(rejected[kinds == k].mean().item(), 4) for k, kind in enumerate(MALFORMED)}}
+
+
 def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = False) -> dict:
     """Train network ``name`` ("classifier" or "vit"), save it to ``out / name`` with its recipe; return that.
+    The classifier's run is its attribute stage, then its "none of these" stage (``reject_steps`` more).
 
     Checkpoints go to ``run_dir / name``; with ``resume`` the run goes on from there exactly as if uninterrupted.
     """
     check_config(config)
     torch.manual_seed(config.seed)  # the initial weights
     model = NETWORKS[name]()
-    steps, peak_lr = getattr(config, f"{name}_steps"), getattr(config, f"{name}_lr")
-    optimizer = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=config.weight_decay)
-    stage = list(NETWORKS).index(name) + 1  # distinct generators for the two networks' augmentation
+    # (first step, steps, peak lr) of each stage. One AdamW serves both of the classifier's: a parameter without a
+    # gradient (the reject CNN in the first, the attribute network in the second) is left alone, decay included.
+    stages = [(0, getattr(config, f"{name}_steps"), getattr(config, f"{name}_lr"))]
+    if name == "classifier":
+        stages.append((config.classifier_steps, config.reject_steps, config.reject_lr))
+    steps = sum(length for _, length, _ in stages)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=stages[0][2], weight_decay=config.weight_decay)
     checkpoint_dir = run_dir / name
     resume = resume and (checkpoint_dir / "checkpoint.json").exists()  # "both" resumes the network it stopped in
     run = Run(checkpoint_dir, {"model": model}, {"optimizer": optimizer}, config, resume, step=0, losses=[])
     progress = run.steps("step", steps, name)
     for step in progress:
-        generator = step_generator(config.seed, step, stage)
-        images, _, labels = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
-        set_lr(optimizer, lr_at(step, steps, peak_lr, config.warmup_steps))
-        loss = attribute_loss(model(augment(images, generator, config)), labels)
-        run.check_finite(loss, name, step, fix=f"lower --{name}-lr")
+        rejecting = step >= stages[0][1]
+        first, length, peak_lr = stages[rejecting]
+        # distinct generators for each network's and stage's augmentation
+        generator = step_generator(config.seed, step - first, 3 if rejecting else list(NETWORKS).index(name) + 1)
+        set_lr(optimizer, lr_at(step - first, length, peak_lr, config.warmup_steps))
+        if rejecting:
+            loss = reject_loss(model, step - first, generator, config)
+        else:
+            images, _, labels = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
+            loss = attribute_loss(model(augment(images, generator, config)), labels)
+        run.check_finite(loss, name, step, fix=f"lower --{'reject' if rejecting else name}-lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
@@ -111,9 +165,10 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
 
     model.eval()
     save_evaluator(model, out / name)
+    extra = {"held_out_none_of_these": held_out_rejections(model, config.eval_images)} if name == "classifier" else {}
     return run.write_recipe(out / name, f"addlib.train_evaluators --which {name}",
                             parameters=sum(p.numel() for p in model.parameters()),
-                            held_out_accuracy=held_out_accuracy(model, config.eval_images),
+                            held_out_accuracy=held_out_accuracy(model, config.eval_images), **extra,
                             final_losses=run.state["losses"])
 
 
@@ -129,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     which, steps, out = args.pop("which"), args.pop("steps"), args.pop("out")
     run_dir, resume = args.pop("run_dir"), args.pop("resume")
     if steps is not None:
-        args |= {"classifier_steps": steps, "vit_steps": steps}
+        args |= {"classifier_steps": steps, "reject_steps": steps, "vit_steps": steps}
     config = Config(**args)
     try:
         check_config(config)

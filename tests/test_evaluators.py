@@ -15,7 +15,7 @@ from addlib.evaluators import (
     load_feature_network,
     save_evaluator,
 )
-from addlib.shapes import ATTRIBUTES, make_shapes
+from addlib.shapes import ATTRIBUTES, MALFORMED, make_malformed, make_shapes
 
 B = 4
 
@@ -54,6 +54,28 @@ def test_classifier_outputs(classifier, images):
     features = classifier.features(images)
     assert features.shape == (B, 128) and features.dtype == torch.float32
     check_predictions(classifier.predict(images))
+    logits = classifier.none_logit(images)
+    assert logits.shape == (B,) and torch.equal(classifier.rejects(images), logits > 0)
+
+
+def test_the_shipped_classifier_says_none_of_these_to_not_shapes_only():
+    """Shapes-world seed 9 is held out from every training run: 1,000 real images, 1,000 malformed ones."""
+    classifier = load_attribute_classifier()
+    real, _, _ = make_shapes(1000, seed=9)
+    malformed, kinds = make_malformed(1000, seed=9)
+    with torch.no_grad():
+        assert classifier.rejects(real).float().mean() <= 0.005
+        refused = classifier.rejects(malformed)
+    for k, kind in enumerate(MALFORMED):
+        assert refused[kinds == k].float().mean() >= 0.97, kind
+
+
+def test_the_reject_network_leaves_shapes_fid_features_alone(classifier, images):
+    """"None of these" has its own CNN: training it cannot move the features shapes-FID compares."""
+    assert not set(map(id, classifier.reject.parameters())) & set(map(id, classifier.backbone.parameters()))
+    images = images.clone().requires_grad_(True)
+    classifier.none_logit(images).sum().backward()
+    assert all(p.grad is None for p in [*classifier.backbone.parameters(), *classifier.heads.parameters()])
 
 
 def test_vit_outputs(vit, images):
@@ -127,15 +149,19 @@ def test_training_smoke_run(tmp_path, capsys):
         assert recipe["command"].startswith(f"python -m addlib.train_evaluators --which {name} ")
         assert recipe["config"]["seed"] == 1 and recipe["config"][f"{name}_steps"] == 5
         assert set(recipe["held_out_accuracy"]) == set(ATTRIBUTES) and recipe["minutes"] >= 0
+        if name == "classifier":
+            assert set(recipe["held_out_none_of_these"]) == {"real images", *MALFORMED}
         assert type(load_evaluator(folder)) is cls
     assert "held-out accuracy" in capsys.readouterr().out
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call, capsys):
-    args = ["--which", "vit", "--steps", "4", "--batch-size", "4", "--eval-images", "20", "--checkpoint-every", "2"]
+@pytest.mark.parametrize("network, loss, call", [("vit", "attribute_loss", 3), ("classifier", "reject_loss", 2)])
+def test_resume_repeats_an_uninterrupted_run_exactly(network, loss, call, tmp_path, interrupt_at_call, capsys):
+    """The classifier's run is stopped in its second stage (step 6 of 4 + 4), after the step-4 checkpoint."""
+    args = ["--which", network, "--steps", "4", "--batch-size", "4", "--eval-images", "20", "--checkpoint-every", "2"]
     train_evaluators.main(args + ["--out", str(tmp_path / "straight"), "--run-dir", str(tmp_path / "run_straight")])
     resumed = args + ["--out", str(tmp_path / "resumed"), "--run-dir", str(tmp_path / "run_resumed")]
-    restore = interrupt_at_call(train_evaluators, "attribute_loss", 3)  # the third step, after the step-2 checkpoint
+    restore = interrupt_at_call(train_evaluators, loss, call)  # the vit's third step, after the step-2 checkpoint
     with pytest.raises(KeyboardInterrupt):
         train_evaluators.main(resumed)
     restore()
@@ -143,6 +169,6 @@ def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call
         train_evaluators.main(resumed)
     assert "pass --resume" in capsys.readouterr().err
     train_evaluators.main(resumed + ["--resume"])
-    straight = load_file(tmp_path / "straight" / "vit" / "model.safetensors")
-    again = load_file(tmp_path / "resumed" / "vit" / "model.safetensors")
+    straight = load_file(tmp_path / "straight" / network / "model.safetensors")
+    again = load_file(tmp_path / "resumed" / network / "model.safetensors")
     assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)

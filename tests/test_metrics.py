@@ -79,7 +79,7 @@ def test_feature_statistics_and_fid_of_samples():
 
 class FakeClassifier(torch.nn.Module):
     """Reads labels and features from the images: pixel [0, 0, k] holds attribute k's label / 10 (images stay in
-    [-1, 1], as the metrics require)."""
+    [-1, 1], as the metrics require), and pixel [1, -1, -1] at 0.5 says "none of these"."""
 
     def __init__(self):
         super().__init__()
@@ -88,13 +88,23 @@ class FakeClassifier(torch.nn.Module):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         return (images[:, 0, 0, : len(ATTRIBUTES)] * 10).round().long()
 
+    def rejects(self, images: torch.Tensor) -> torch.Tensor:
+        return images[:, 1, -1, -1] == 0.5
+
     def features(self, images: torch.Tensor) -> torch.Tensor:
         return images[:, 0, 0, :] * 10
 
 
-def images_reading(labels: list[list[int]]) -> torch.Tensor:
-    images = torch.zeros(len(labels), 3, 32, 32)
+def images_reading(labels: list[list[int]], shapes: list[int] | None = None,
+                   refused: list[bool] | None = None) -> torch.Tensor:
+    """Images the fake classifier reads as ``labels``, holding ``shapes`` white squares (1 each unless told) on
+    black, and refused where ``refused`` says so."""
+    images = torch.full((len(labels), 3, 32, 32), -1.0)
     images[:, 0, 0, : len(ATTRIBUTES)] = torch.tensor(labels, dtype=torch.float32) / 10
+    for image, count in zip(images, shapes or [1] * len(labels)):
+        for k in range(count):
+            image[:, 4 + 10 * k: 10 + 10 * k, 12:18] = 1.0
+    images[:, 1, -1, -1] = torch.tensor(refused or [False] * len(labels), dtype=torch.float32) * 0.5
     return images
 
 
@@ -121,13 +131,26 @@ def test_prompt_accuracy_counts_each_attribute_over_the_prompts_that_name_it():
         "position": 2 / 2,
         "background": 1 / 2,
         "joint": 2 / 4,  # the first and the third
+        "closed-world joint": 2 / 4,
+        "none of these": 0.0,
+        "several shapes": 0.0,
     }
 
 
 def test_prompt_accuracy_leaves_out_attributes_no_prompt_names():
     accuracy = prompt_accuracy(images_reading([[0, 0, 0, 0, 0], [1, 0, 0, 0, 0]]), ["a circle", "a circle"],
                                FakeClassifier())
-    assert accuracy == {"shape": 0.5, "joint": 0.5}
+    assert accuracy == {"shape": 0.5, "joint": 0.5, "closed-world joint": 0.5, "none of these": 0.0,
+                        "several shapes": 0.0}
+
+
+def test_prompt_accuracy_counts_a_shape_only_where_the_image_holds_exactly_one():
+    """Four red circles the classifier reads right: one alone, one beside a second shape, one it calls "none of
+    these" (a star, say), one too faint to stand out. Only the first shows what was asked."""
+    images = images_reading([[0, 0, 0, 0, 0]] * 4, shapes=[1, 2, 1, 0], refused=[False, False, True, False])
+    accuracy = prompt_accuracy(images, ["a red circle"] * 4, FakeClassifier())
+    assert accuracy == {"shape": 1 / 4, "color": 1.0, "joint": 1 / 4, "closed-world joint": 1.0,
+                        "none of these": 1 / 4, "several shapes": 1 / 4}
 
 
 def test_prompt_accuracy_rejects_a_length_mismatch_and_bad_prompts():

@@ -24,7 +24,6 @@ from addlib.checks.nb07_streaming import check_stream_batch_update, check_skip_p
 explain_name_errors()
 
 __all__ = [
-    "it here.",
     "Case",
     "CheckFailed",
     "Mistake",
