@@ -293,6 +293,13 @@ def discriminator_loss(discriminator: ProjectedDiscriminator, real: torch.Tensor
         real_features = [f.detach().requires_grad_() for f in real_features]
     real_logits = discriminator.heads_logits(real_features, text_embedding, image_embedding)
     fake_logits = discriminator(fake.detach(), text_embedding, image_embedding, fake_generator)
+    return adversarial_losses(real_logits, real_features, fake_logits, r1_weight)
+
+
+def adversarial_losses(real_logits: list[torch.Tensor], real_features: list[torch.Tensor],
+                       fake_logits: list[torch.Tensor], r1_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The hinge loss plus ``r1_weight`` times R1 on the real features, and the parts for logging: what every
+    discriminator here (this one, and LADD's in :mod:`addlib.latent_discriminator`) minimises."""
     hinge = hinge_discriminator_loss(real_logits, fake_logits)
     r1 = r1_penalty(real_logits, real_features) if r1_weight else torch.zeros(())
     stats = {"hinge": hinge.item(), "r1": r1.item(), "real_score": score(real_logits).mean().item(),

@@ -7,6 +7,7 @@
     ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2 -m addlib.train_add   # ... or on two CPU processes (gloo)
     python -m addlib.train_add --lora-rank 8 --gradient-checkpointing --mixed-precision fp16   # a 16 GB card
     python -m addlib.train_add --preset stable-diffusion --dataset my_data/ ...   # a hub teacher, SD's settings
+    python -m addlib.train_add --discriminator ladd --out runs/ladd --run-dir runs/ladd-run   # LADD's discriminator
 
 Each step follows the paper's Fig. 2 and section 3:
 
@@ -20,6 +21,8 @@ Each step follows the paper's Fig. 2 and section 3:
    the miniature's 25 (measured in docs/benchmarks.md)
    (:mod:`addlib.discriminator`, :mod:`addlib.distillation`);
 4. discriminator update: the hinge loss on x0 against decode(z_theta), plus gamma * R1 on the real features;
+   with ``discriminator="ladd"`` both adversarial losses read z0 and z_theta themselves, re-noised and seen
+   through the teacher UNet's own blocks (LADD, Sauer et al., 2024; :mod:`addlib.latent_discriminator`);
 5. an exponential moving average of the student's weights, which is what gets exported, as a diffusers pipeline
    whose ``LCMScheduler`` samples as ADD does: predict x0, noise it afresh to the next student timestep.
 
@@ -65,6 +68,7 @@ from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillatio
 from addlib.errors import OneLineParser, check_config, run_command
 from addlib.forward_process import add_noise
 from addlib.generate import generate, read_prompts, shapes_prompts
+from addlib.latent_discriminator import T_MEAN, T_STD, LatentDiscriminator, check_logit_normal
 from addlib.loading import (
     STUDENT_DIR,
     TEACHER_DIR,
@@ -106,7 +110,9 @@ class Config:
     weighting: str = "exponential"  # c(t) of L_distill: exponential, sds or nfsd
     teacher_guidance_scale: float = 3.0
     ema_decay: float = 0.995
-    # the discriminator
+    # the discriminator: "add", heads on a frozen feature network's features of the decoded images (the paper's);
+    # "ladd", heads on the teacher UNet's own features of re-noised latents (LADD; addlib.latent_discriminator)
+    discriminator: str = "add"
     discriminator_lr: float = 1e-3
     r1_weight: float = 10.0  # gamma
     feature_network: str = "miniature"  # the shipped tiny ViT, a folder with another, or a DINOv2 hub id
@@ -115,6 +121,12 @@ class Config:
     # each of three seeds and collapsed one, so the heads read the text alone, though seed 2 pays for it in
     # one-step FID (docs/benchmarks.md).
     discriminator_conditioning: str = "text"
+    # for "ladd": the teacher UNet's blocks that get a head, and the logit-normal (m, s) of the re-noising
+    # timesteps. LADD's m = 1 leans towards high noise, where the teacher's features keep the layout but not the
+    # form of a small shape (bench probe); here m = -1 beat it at one step and four (docs/benchmarks.md).
+    ladd_layers: str = "down.1,mid,up.1"
+    ladd_t_mean: float = -1.0
+    ladd_t_std: float = T_STD
     augment: str = "translation"  # DiffAugment policy; the miniature keeps only what leaves captions true
     # both optimisers: Adam with beta1 = 0, as GANs since StyleGAN
     adam_beta1: float = 0.0
@@ -164,6 +176,13 @@ class Config:
             raise ValueError(f"unknown weighting {self.weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
         if self.adversarial_weight == 0 and self.distillation_weight == 0:
             raise ValueError("both loss weights are 0: the student would learn nothing")
+        if self.discriminator not in DISCRIMINATORS:
+            raise ValueError(f"unknown discriminator {self.discriminator!r}; choose one of {', '.join(DISCRIMINATORS)}")
+        if self.discriminator == "ladd":
+            check_logit_normal(self.ladd_t_mean, self.ladd_t_std)
+            if "image" in self.discriminator_conditioning.split(","):
+                raise ValueError("discriminator 'ladd' reads no image embedding (its heads see the text and the noise "
+                                 "level); use --discriminator-conditioning text")
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be 0 (train every weight) or a positive rank, got {self.lora_rank}")
 
@@ -184,6 +203,7 @@ STABLE_DIFFUSION = dict(
     feature_network="facebook/dinov2-small",  # DINOv2 ViT-S/14, the paper's discriminator features
     discriminator_layers="2,5,8,11",  # four evenly spaced blocks of twelve, as StyleGAN-T hooks DINO
     discriminator_conditioning="text,image",  # c_text and c_img, the paper's (Table 1b)
+    ladd_t_mean=T_MEAN,  # LADD's, should --discriminator ladd replace the paper's DINOv2
     augment="color,translation,cutout",  # DiffAugment's full policy: DINO's features need it, captions stay true
     # The paper's gamma = 1e-5 weighs StyleGAN's (gamma / 2) ||grad of a head's summed token logits||^2; here R1 is
     # ||grad of the head's *mean* token logit||^2 (r1_penalty), N = 257 times smaller a gradient, so the same
@@ -192,6 +212,7 @@ STABLE_DIFFUSION = dict(
 )
 PRESETS = {"miniature": {}, "stable-diffusion": STABLE_DIFFUSION}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names
+DISCRIMINATORS = ("add", "ladd")
 
 
 class ADDTrainer:
@@ -215,14 +236,19 @@ class ADDTrainer:
         self.decoder = self.teacher.vae
         if config.tiny_vae:
             self.decoder = load_tiny_vae(TINY_VAE_DIR if config.tiny_vae == "miniature" else config.tiny_vae, device)
-        layers = [int(v) for v in config.discriminator_layers.split(",")]
-        augment = tuple(p for p in config.augment.split(",") if p)
         text_dim = self.teacher.text_encoder.config.hidden_size  # of the pooled output
         # Not handed to accelerate.prepare: DDP would hide the methods R1 needs, and the heads' gradients
         # are averaged across processes by hand (see step).
-        conditions = tuple(c for c in config.discriminator_conditioning.split(",") if c)
-        self.discriminator = ProjectedDiscriminator(feature_network(config.feature_network), layers, text_dim,
-                                                    augment=augment, conditions=conditions).to(device)
+        if config.discriminator == "ladd":
+            self.discriminator = LatentDiscriminator(
+                self.teacher.unet, config.ladd_layers.split(","), text_dim, self.teacher.scheduler.alphas_cumprod,
+                t_mean=config.ladd_t_mean, t_std=config.ladd_t_std).to(device)
+        else:
+            layers = [int(v) for v in config.discriminator_layers.split(",")]
+            augment = tuple(p for p in config.augment.split(",") if p)
+            conditions = tuple(c for c in config.discriminator_conditioning.split(",") if c)
+            self.discriminator = ProjectedDiscriminator(feature_network(config.feature_network), layers, text_dim,
+                                                        augment=augment, conditions=conditions).to(device)
         betas = (config.adam_beta1, config.adam_beta2)
         self.student_optimizer = torch.optim.Adam(self.trainable.parameters(), lr=config.lr, betas=betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.heads.parameters(),
@@ -283,7 +309,8 @@ class ADDTrainer:
             latents = posterior_sample(teacher.vae.encode(images).latent_dist, generator)
             latents = latents * teacher.vae.config.scaling_factor
             encoded = text_encoder_output(teacher, captions)  # one call: tokens for the UNets, pooled for D
-            image_embedding = self.discriminator.image_embedding(images)
+            image_embedding = (self.discriminator.image_embedding(images) if self.config.discriminator == "add"
+                               else None)
         pick = torch.randint(len(self.student_timesteps), (len(images),), generator=generator)
         return {"images": images, "latents": latents, "timesteps": self.student_timesteps[pick].to(images.device),
                 "noise": torch.randn(latents.shape, generator=generator).to(latents), "text": encoded[0],
@@ -298,7 +325,7 @@ class ADDTrainer:
         # The generator update. The heads pass gradients to the fakes but need none of their own here.
         self.discriminator.heads.requires_grad_(False)
         with accelerator.autocast():
-            loss, (adversarial, distill), fake = self.generator_loss(**inputs)
+            loss, (adversarial, distill), x_theta, fake = self.generator_loss(**inputs)
         check_finite(loss, "student", step, fix="lower the learning rates")
         self.student_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
@@ -310,8 +337,13 @@ class ADDTrainer:
         self.discriminator.heads.requires_grad_(True)
         if config.adversarial_weight:
             with accelerator.autocast():
-                d_loss, stats = discriminator_loss(self.discriminator, images, fake.detach(), inputs["pooled"],
-                                                   inputs["image_embedding"], config.r1_weight, generator)
+                if config.discriminator == "ladd":
+                    with self.teacher_without_adapters():
+                        d_loss, stats = self.discriminator.loss(inputs["latents"], x_theta.detach(), inputs["text"],
+                                                                inputs["pooled"], config.r1_weight, generator)
+                else:
+                    d_loss, stats = discriminator_loss(self.discriminator, images, fake.detach(), inputs["pooled"],
+                                                       inputs["image_embedding"], config.r1_weight, generator)
             check_finite(d_loss, "discriminator", step, fix="lower the learning rates")
             self.discriminator_optimizer.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
@@ -327,10 +359,11 @@ class ADDTrainer:
         """ADD's generator objective for real latents z0 (B, 4, h, w), ``noise`` and student ``timesteps`` (B,):
         L = adversarial_weight * L_adv^G + distillation_weight * L_distill (Fig. 2; lambda = distillation_weight).
 
-        The student sees x_s = alpha_s z0 + sigma_s eps and predicts x_theta in one step; both losses judge
-        x_theta decoded to pixels. ``text`` (B, L, D) conditions the UNets, ``pooled`` (B, D) and
-        ``image_embedding`` (B, C) the heads. ``generator`` draws the fakes' augmentation first, then L_distill's
-        teacher timesteps and noise. Returns ``(L, (L_adv^G, L_distill), fake images)``.
+        The student sees x_s = alpha_s z0 + sigma_s eps and predicts x_theta in one step; L_distill judges
+        x_theta decoded to pixels, and so does L_adv^G with ADD's discriminator, where LADD's reads the latents
+        x_theta themselves. ``text`` (B, L, D) conditions the UNets, ``pooled`` (B, D) and ``image_embedding``
+        (B, C) the heads. ``generator`` draws the fakes' augmentation (or re-noising) first, then L_distill's
+        teacher timesteps and noise. Returns ``(L, (L_adv^G, L_distill), x_theta, fake images)``.
         """
         config, teacher = self.config, self.teacher
         noisy = add_noise(latents, noise, timesteps, teacher.scheduler.alphas_cumprod.to(latents.device))
@@ -338,7 +371,11 @@ class ADDTrainer:
         fake = decode_latents(teacher, x_theta, self.decoder)
         adversarial = distill = torch.zeros((), device=latents.device)
         if config.adversarial_weight:
-            logits = self.discriminator(fake, pooled, image_embedding, paired_generators(generator)[0])
+            if config.discriminator == "ladd":
+                with self.teacher_without_adapters():
+                    logits = self.discriminator(x_theta, text, pooled, paired_generators(generator)[0])
+            else:
+                logits = self.discriminator(fake, pooled, image_embedding, paired_generators(generator)[0])
             adversarial = hinge_generator_loss(logits)
         if config.distillation_weight:
             with self.teacher_without_adapters():
@@ -346,7 +383,7 @@ class ADDTrainer:
                                             guidance_scale=config.teacher_guidance_scale, uncond_embeds=self.empty,
                                             generator=generator, student_images=fake, vae=self.decoder)
         loss = config.adversarial_weight * adversarial + config.distillation_weight * distill
-        return loss, (adversarial, distill), fake
+        return loss, (adversarial, distill), x_theta, fake
 
     @contextmanager
     def teacher_without_adapters(self):

@@ -27,3 +27,14 @@ def interrupt_at_call(monkeypatch):
         monkeypatch.setattr(owner, name, interrupted)
         return lambda: monkeypatch.setattr(owner, name, original)
     return install
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    """The shipped teacher pipeline, frozen as the trainers freeze it."""
+    from addlib.loading import load_pipeline
+
+    pipe = load_pipeline()
+    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+    return pipe

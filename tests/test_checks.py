@@ -155,16 +155,6 @@ def test_guidance_checker_names_the_mistake(wrong, hint):
 
 # The ADD-loss checkers (notebooks 03 and 04): the solutions pass, each plausible mistake gets its hint.
 
-@pytest.fixture(scope="module")
-def teacher():
-    from addlib.loading import load_pipeline
-
-    pipe = load_pipeline()
-    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-        part.requires_grad_(False)
-    return pipe
-
-
 def sds_weight_right(t, a):
     return a[t].double().sqrt() * (1 - a[t].double()).sqrt() / 2
 
