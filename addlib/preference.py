@@ -37,17 +37,17 @@ def wilson_interval(wins: float, trials: int, z: float = 1.96) -> tuple[float, f
 
 def attribute_judge(classifier) -> Judge:
     """A judge for the "prompt" question: the image in which the attribute classifier reads more of the prompt's
-    named attributes right wins, holding exactly one shape (``count_shapes``) counting as one attribute more; an
-    equal score is a tie. It sees only what the classifier reads, so it stands in for a rater on prompt
-    following, not on image quality."""
+    named attributes right wins, holding exactly one shape (one blob by ``count_shapes``, and not refused as
+    "none of these") counting as one attribute more; an equal score is a tie. It sees only what the classifier
+    reads, so it stands in for a rater on prompt following, not on image quality."""
     device = next(classifier.parameters()).device
 
     @torch.no_grad()
     def judge(left: torch.Tensor, right: torch.Tensor, prompt: str) -> str:
         asked, pair = parse_caption(prompt), torch.stack([left, right])
         read = [labels_to_attributes(labels) for labels in classifier.predict(pair.to(device)).cpu()]
-        scores = [sum(r[name] == value for name, value in asked.items()) + int(n == 1)
-                  for r, n in zip(read, count_shapes(pair).tolist())]
+        single = ((count_shapes(pair) == 1) & ~classifier.rejects(pair.to(device)).cpu()).tolist()
+        scores = [sum(r[name] == value for name, value in asked.items()) + int(one) for r, one in zip(read, single)]
         return "left" if scores[0] > scores[1] else "right" if scores[1] > scores[0] else "tie"
     return judge
 

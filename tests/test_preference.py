@@ -5,7 +5,7 @@ import torch
 
 from addlib.evaluators import load_attribute_classifier
 from addlib.preference import PreferenceStudy, attribute_judge, wilson_interval
-from addlib.shapes import make_shapes
+from addlib.shapes import make_malformed, make_shapes
 
 
 def test_wilson_interval_matches_known_values_and_stays_in_range():
@@ -47,6 +47,10 @@ def test_attribute_judge_prefers_the_image_that_shows_the_prompt():
     assert all(judge(images[k], blank[k], prompts[k]) == "left" for k in range(8))
     assert all(judge(blank[k], images[k], prompts[k]) == "right" for k in range(8))
     assert judge(images[0], images[0], prompts[0]) == "tie"
+    # the same scenes drawn as stars, crosses, blobs...: the classifier may read the shape it expects in one,
+    # but it refuses them, so the genuine shape still wins
+    malformed, kinds = make_malformed(8, seed=7)
+    assert all(judge(malformed[k], images[k], prompts[k]) == "right" for k in range(8)), kinds
 
 
 def test_the_widget_records_a_click_on_the_trial_it_shows():
