@@ -24,6 +24,8 @@ was ever trained on: evaluation references use seed 7 (``REFERENCE_SEED``, :func
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -98,6 +100,28 @@ def shapes_fid(images_a: torch.Tensor, images_b: torch.Tensor, classifier: Attri
     return frechet_distance(*statistics[0], *statistics[1])
 
 
+class Reading(NamedTuple):
+    """What the classifier and the blob count read in images (N, 3, H, W): :func:`read_images`."""
+
+    labels: torch.Tensor  # (N, 5) int64: the attribute labels, in ATTRIBUTES order, as make_shapes gives them
+    refused: torch.Tensor  # (N,) bool: "none of these" (classifier.rejects)
+    counts: torch.Tensor  # (N,) int64: blobs that stand out (count_shapes)
+
+    @property
+    def one_shape(self) -> torch.Tensor:
+        """(N,) bool: exactly one of the world's shapes, not refused and one blob."""
+        return ~self.refused & (self.counts == 1)
+
+
+@torch.no_grad()
+def read_images(images: torch.Tensor, classifier: AttributeClassifier, batch_size: int = 512) -> Reading:
+    """The classifier's attribute labels and "none of these", and the blob count, of images (N, 3, H, W)."""
+    device = _device(classifier)
+    batches = [batch.to(device) for batch in images.split(batch_size)]
+    return Reading(torch.cat([classifier.predict(batch).cpu() for batch in batches]),
+                   torch.cat([classifier.rejects(batch).cpu() for batch in batches]), count_shapes(images))
+
+
 @torch.no_grad()
 def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: AttributeClassifier,
                     batch_size: int = 512) -> dict[str, float]:
@@ -120,16 +144,11 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
                          f"at least one")
     check_images("images", images)
     requests = [parse_caption(prompt) for prompt in prompts]  # before the classifier runs: bad prompts fail fast
-    device = _device(classifier)
-    batches = [batch.to(device) for batch in images.split(batch_size)]
-    predicted = torch.cat([classifier.predict(batch).cpu() for batch in batches])
-    refused = torch.cat([classifier.rejects(batch).cpu() for batch in batches])
-    counts = count_shapes(images)
-    one_shape = (~refused & (counts == 1)).tolist()
+    reading = read_images(images, classifier, batch_size)
     named = {name: 0 for name in ATTRIBUTES}  # how many prompts name each attribute
     right = {name: 0 for name in ATTRIBUTES}  # and how many of those images show it
     all_right = closed_world = 0
-    for asked, labels, single in zip(requests, predicted.tolist(), one_shape):
+    for asked, labels, single in zip(requests, reading.labels.tolist(), reading.one_shape.tolist()):
         read = labels_to_attributes(labels)
         correct = {name: read[name] == value and (single or name != "shape") for name, value in asked.items()}
         for name in asked:
@@ -139,8 +158,8 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
         closed_world += all(read[name] == value for name, value in asked.items())
     accuracy = {name: right[name] / named[name] for name in ATTRIBUTES if named[name]}
     return accuracy | {"joint": all_right / len(prompts), "closed-world joint": closed_world / len(prompts),
-                       "none of these": refused.float().mean().item(),
-                       "several shapes": (counts >= 2).float().mean().item()}
+                       "none of these": reading.refused.float().mean().item(),
+                       "several shapes": (reading.counts >= 2).float().mean().item()}
 
 
 def count_shapes(images: torch.Tensor, threshold: float = 0.4, min_area: int = 6) -> torch.Tensor:

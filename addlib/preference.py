@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from addlib.metrics import count_shapes
+from addlib.metrics import read_images
 from addlib.shapes import labels_to_attributes, parse_caption
 
 QUESTIONS = {"prompt": "Which image follows the prompt better?", "quality": "Which image looks more real?"}
@@ -40,14 +40,10 @@ def attribute_judge(classifier) -> Judge:
     named attributes right wins, holding exactly one shape (one blob by ``count_shapes``, and not refused as
     "none of these") counting as one attribute more; an equal score is a tie. It sees only what the classifier
     reads, so it stands in for a rater on prompt following, not on image quality."""
-    device = next(classifier.parameters()).device
-
-    @torch.no_grad()
     def judge(left: torch.Tensor, right: torch.Tensor, prompt: str) -> str:
-        asked, pair = parse_caption(prompt), torch.stack([left, right])
-        read = [labels_to_attributes(labels) for labels in classifier.predict(pair.to(device)).cpu()]
-        single = ((count_shapes(pair) == 1) & ~classifier.rejects(pair.to(device)).cpu()).tolist()
-        scores = [sum(r[name] == value for name, value in asked.items()) + int(one) for r, one in zip(read, single)]
+        asked, reading = parse_caption(prompt), read_images(torch.stack([left, right]), classifier)
+        scores = [sum(labels_to_attributes(labels)[name] == value for name, value in asked.items()) + int(one)
+                  for labels, one in zip(reading.labels, reading.one_shape.tolist())]
         return "left" if scores[0] > scores[1] else "right" if scores[1] > scores[0] else "tie"
     return judge
 

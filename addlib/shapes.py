@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 import operator
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -199,8 +199,12 @@ def _triangle_distance(dx: torch.Tensor, dy: torch.Tensor, r: torch.Tensor) -> t
 _SIGNED_DISTANCES = (_circle_distance, _square_distance, _triangle_distance)  # in SHAPES order
 
 
-def _render(scenes: _Scenes, resolution: int) -> torch.Tensor:
-    """Images (N, 3, H, W) in [-1, 1] of ``scenes``, anti-aliased by signed-distance coverage."""
+def _render(scenes: _Scenes, resolution: int, outline: Callable | None = None) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] of ``scenes``, anti-aliased by signed-distance coverage.
+
+    Each scene's shape is its label's (``_SIGNED_DISTANCES``) unless ``outline(chunk, dx, dy, r)`` gives the
+    signed distances (n, H, W) of the scenes in slice ``chunk``, as :func:`make_malformed` draws its not-shapes.
+    """
     num_images = len(scenes.labels)
     images = torch.empty(num_images, 3, resolution, resolution)
     pixel_centers = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
@@ -210,10 +214,13 @@ def _render(scenes: _Scenes, resolution: int) -> torch.Tensor:
         centers, radii = scenes.centers[chunk], scenes.radii[chunk, None, None]
         dx = pixel_centers[None, None, :] - centers[:, 0, None, None]  # (n, 1, W)
         dy = pixel_centers[None, :, None] - centers[:, 1, None, None]  # (n, H, 1)
-        distance = torch.empty(len(shape), resolution, resolution)  # (n, H, W)
-        for k, signed_distance in enumerate(_SIGNED_DISTANCES):
-            mine = shape == k
-            distance[mine] = signed_distance(dx[mine], dy[mine], radii[mine])
+        if outline is not None:
+            distance = outline(chunk, dx, dy, radii)
+        else:
+            distance = torch.empty(len(shape), resolution, resolution)  # (n, H, W)
+            for k, signed_distance in enumerate(_SIGNED_DISTANCES):
+                mine = shape == k
+                distance[mine] = signed_distance(dx[mine], dy[mine], radii[mine])
         coverage = (0.5 - distance * resolution).clamp(0, 1)[:, None]  # (n, 1, H, W); distance now in pixels
         background = scenes.backgrounds[chunk, :, None, None]  # (n, 3, 1, 1)
         color = scenes.colors[chunk, :, None, None]
@@ -446,16 +453,11 @@ def make_malformed(num_images: int, seed: int = 0, resolution: int = 32, *, star
         images[faint] - background[faint])
     empty = kinds == MALFORMED.index("empty")
     images[empty] = background[empty].expand(-1, -1, resolution, resolution)
-    pixel_centers = (torch.arange(resolution, dtype=torch.float32) + 0.5) / resolution
-    for kind in range(MALFORMED.index("two shapes")):
-        mine = (kinds == kind).nonzero()[:, 0]
-        if not len(mine):
-            continue
-        dx = pixel_centers[None, None, :] - scenes.centers[mine, 0, None, None]
-        dy = pixel_centers[None, :, None] - scenes.centers[mine, 1, None, None]
-        distance = _malformed_distance(kind, dx, dy, scenes.radii[mine, None, None], u[mine, 1:])
-        coverage = (0.5 - distance * resolution).clamp(0, 1)[:, None]
-        images[mine] = background[mine] + coverage * (scenes.colors[mine, :, None, None] - background[mine])
+    for kind in range(MALFORMED.index("two shapes")):  # the drawn outlines, each kind in one call
+        mine = kinds == kind
+        draws = u[mine, 1:]
+        images[mine] = _render(_Scenes(*(field[mine] for field in scenes)), resolution,
+                               lambda chunk, dx, dy, r: _malformed_distance(kind, dx, dy, r, draws[chunk]))
     return images, kinds
 
 

@@ -112,11 +112,12 @@ def held_out_accuracy(model: torch.nn.Module, num_images: int) -> dict[str, floa
 def held_out_rejections(model: AttributeClassifier, num_images: int) -> dict[str, float]:
     """How often the classifier says "none of these": of ``num_images`` reference real images (seed 7, which it
     should accept), and of as many malformed images of that seed, by kind (which it should refuse)."""
-    real, _, _ = real_images(num_images)
+    def refused(images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([model.rejects(batch) for batch in images.split(500)]).float()
+
     malformed, kinds = make_malformed(num_images, SEEDS["reference"])
-    rejected = torch.cat([model.rejects(batch) for batch in malformed.split(500)]).float()
-    return {"real images": round(torch.cat([model.rejects(batch) for batch in real.split(500)]).float().mean().item(),
-                                 4),
+    rejected = refused(malformed)
+    return {"real images": round(refused(real_images(num_images)[0]).mean().item(), 4),
             **{kind: round(rejected[kinds == k].mean().item(), 4) for k, kind in enumerate(MALFORMED)}}
 
 
