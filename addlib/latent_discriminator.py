@@ -57,6 +57,27 @@ def block_channels(unet: nn.Module) -> dict[str, int]:
             **{f"up.{i}": c for i, c in enumerate(reversed(out))}}
 
 
+def teacher_tokens(unet: nn.Module, layers: Sequence[str], noisy: torch.Tensor, timesteps: torch.Tensor,
+                   text_tokens: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs U_k of the named blocks (:func:`unet_blocks`) when ``unet`` denoises ``noisy`` (B, 4, h, w) at
+    ``timesteps`` (B,) under the cross-attention context ``text_tokens`` (B, L, D), read as tokens: one
+    (B, h_k * w_k, C_k) tensor per layer, in the order of ``layers``. Forward hooks catch the blocks' outputs as
+    the UNet runs once, and are removed even if it fails."""
+    blocks, outputs = unet_blocks(unet), {}
+
+    def keep(block, _inputs, output):
+        output = output[0] if isinstance(output, tuple) else output  # down blocks return (h, residuals)
+        outputs[block] = output.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h * w, C)
+
+    hooks = [blocks[layer].register_forward_hook(keep) for layer in layers]
+    try:
+        unet(noisy, timesteps, encoder_hidden_states=text_tokens)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [outputs[blocks[layer]] for layer in layers]
+
+
 def logit_normal_timesteps(batch_size: int, mean: float, std: float, generator: torch.Generator | None = None,
                            num_train_timesteps: int = 1000) -> torch.Tensor:
     """Integer timesteps (B,) whose fraction t / T is logit-normal: sigmoid(mean + std * n), n ~ N(0, 1)."""
@@ -104,7 +125,6 @@ class LatentDiscriminator(nn.Module):
         object.__setattr__(self, "unet", unet)
         self.layers, self.t_mean, self.t_std = layers, t_mean, t_std
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float().clone(), persistent=False)
-        self._blocks = [blocks[layer] for layer in layers]
         self.heads = nn.ModuleList(DiscriminatorHead(channels[layer], text_dim + NOISE_LEVEL_DIM, cmap_dim)
                                    for layer in layers)
 
@@ -118,19 +138,7 @@ class LatentDiscriminator(nn.Module):
                                                len(self.alphas_cumprod)).to(latents.device)
         noise = torch.randn(latents.shape, generator=generator).to(latents)
         noisy = add_noise(latents, noise, timesteps, self.alphas_cumprod)
-        outputs = {}
-
-        def keep(block, _inputs, output):
-            output = output[0] if isinstance(output, tuple) else output  # down blocks return (h, residuals)
-            outputs[block] = output.flatten(2).transpose(1, 2)  # (B, C, h, w) -> (B, h * w, C) tokens
-
-        hooks = [block.register_forward_hook(keep) for block in self._blocks]
-        try:
-            self.unet(noisy, timesteps, encoder_hidden_states=text_tokens)
-        finally:
-            for hook in hooks:
-                hook.remove()
-        return [outputs[block] for block in self._blocks], timesteps
+        return teacher_tokens(self.unet, self.layers, noisy, timesteps, text_tokens), timesteps
 
     def heads_logits(self, features: list[torch.Tensor], pooled: torch.Tensor, timesteps: torch.Tensor
                      ) -> list[torch.Tensor]:

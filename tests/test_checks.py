@@ -340,6 +340,60 @@ def test_skip_probability_checker(capsys, mistake, hint):
         checks.check_skip_probability(lambda *a: skip_right(*a, **mistake))
 
 
+# The LADD checkers (notebook 08).
+
+def logit_normal_right(batch, m, s, generator, squash=True, fraction=False, swapped=False, uniform=False,
+                       rounded=False):
+    n = (torch.rand if uniform else torch.randn)(batch, generator=generator)
+    z = s + m * n if swapped else m + s * n
+    z = torch.sigmoid(z) if squash else z
+    if fraction:
+        return z
+    return ((z * 1000).round() if rounded else z * 1000).long().clamp(0, 999)
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (dict(squash=False), "through torch.sigmoid"), (dict(fraction=True), "return timesteps, not fractions"),
+    (dict(swapped=True), "you swapped them"), (dict(uniform=True), "not a uniform"),
+    (dict(rounded=True), "rather than rounding"),
+])
+def test_logit_normal_timesteps_checker(capsys, mistake, hint):
+    checks.check_logit_normal_timesteps(logit_normal_right)
+    assert capsys.readouterr().out.strip() == "✓ logit_normal_timesteps passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_logit_normal_timesteps(lambda *a: logit_normal_right(*a, **mistake))
+
+
+def teacher_tokens_right(unet, layers, noisy, timesteps, text, transpose=True, in_order=True, remove=True):
+    blocks = {**{f"down.{i}": b for i, b in enumerate(unet.down_blocks)}, "mid": unet.mid_block,
+              **{f"up.{i}": b for i, b in enumerate(unet.up_blocks)}}
+    caught = {}
+
+    def keep(name):
+        def hook(module, inputs, output):
+            output = output[0] if isinstance(output, tuple) else output
+            caught[name] = output.flatten(2).transpose(1, 2) if transpose else output.flatten(2)
+        return hook
+
+    hooks = [blocks[name].register_forward_hook(keep(name)) for name in layers]
+    unet(noisy, timesteps, encoder_hidden_states=text)
+    if remove:
+        for hook in hooks:
+            hook.remove()
+    return [caught[name] for name in (layers if in_order else [n for n in blocks if n in layers])]
+
+
+@pytest.mark.parametrize("mistake, hint", [
+    (dict(transpose=False), "transpose its last two dimensions"), (dict(in_order=False), "in the order of `layers`"),
+    (dict(remove=False), "left forward hooks on 1 block"),
+])
+def test_teacher_tokens_checker(capsys, mistake, hint):
+    checks.check_teacher_tokens(teacher_tokens_right)
+    assert capsys.readouterr().out.strip() == "✓ teacher_tokens passes all 3 cases"
+    with pytest.raises(checks.CheckFailed, match=hint):
+        checks.check_teacher_tokens(lambda *a: teacher_tokens_right(*a, **mistake))
+
+
 def test_a_name_error_in_a_notebook_says_it_comes_from_a_cell_that_stopped(capsys):
     from IPython.core.interactiveshell import InteractiveShell
 

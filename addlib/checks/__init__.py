@@ -20,6 +20,7 @@ from addlib.checks.nb04_discriminator import check_hinge_discriminator_loss, che
 from addlib.checks.nb05_add_training import check_generator_loss, check_renoise
 from addlib.checks.nb06_real_scale import check_lora_parameter_count, check_training_memory
 from addlib.checks.nb07_streaming import check_stream_batch_update, check_skip_probability
+from addlib.checks.nb08_ladd import check_logit_normal_timesteps, check_teacher_tokens
 
 explain_name_errors()
 
@@ -43,4 +44,6 @@ __all__ = [
     "check_training_memory",
     "check_stream_batch_update",
     "check_skip_probability",
+    "check_logit_normal_timesteps",
+    "check_teacher_tokens",
 ]
