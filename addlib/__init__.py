@@ -15,12 +15,15 @@ The ideas
     lora             LoRA on a UNet's attention projections, merged back for export: ADD on a small card (06)
     generate         training images the teacher generates from prompts, as LADD trains (06)
     stream           StreamDiffusion's real-time img2img and txt2img (07)
+    latent_discriminator  LADD's discriminator: heads on the teacher's features of re-noised latents (08)
+    probe            linear probes: what a frozen network's features show (08)
 
 Data, models and measurement
     loading          the shipped models' paths; pipelines, tiny VAEs and hub ids loaded with one-line errors
     datasets         your own training data: image-caption folders, Hugging Face datasets, video frames
     metrics          prompt accuracy and shapes-FID on the miniature
     evaluation       CLIP score, FID and FD_CLIP at real scale
+    preference       the paper's user study in miniature: two-alternative choices, win rates, an automatic judge (05)
     evaluators       the attribute classifier and TinyViT that measure the miniature and feed its discriminator
     rehearsal        the hub models' architectures from their published configs, with random weights
     timing           frames per second, and the compute bound a stream approaches (bench, notebook 07)

@@ -26,7 +26,7 @@ from tqdm import tqdm  # a text bar: in a notebook its last state stays in the s
 
 from addlib.errors import OneLineParser, at_least, run_command
 from addlib.evaluation import CLIP_MODEL
-from addlib.loading import STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
+from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
 from addlib.rehearsal import MEMORY_OPTIONS
 from addlib.shapes import ATTRIBUTES, make_shapes
 from addlib.timing import compute_bound, frames_per_second, max_difference
@@ -135,8 +135,8 @@ def bench_teacher(args: argparse.Namespace) -> None:
 
 
 def bench_add(args: argparse.Namespace) -> None:
-    """The distilled student against the teacher, and students trained with one change (notebook 05; the
-    course's targets below)."""
+    """The distilled students (ADD's, and LADD's where it exists) against the teacher, and students trained with
+    one change (notebooks 05 and 08; the course's targets below)."""
     from addlib.evaluators import load_attribute_classifier
     from addlib.loading import load_pipeline
 
@@ -148,6 +148,8 @@ def bench_add(args: argparse.Namespace) -> None:
     runs = [("teacher (DDIM)", teacher, steps, guidance, "ddim")
             for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance))]
     runs += [("ADD student", student, steps, 1.0, "add") for steps in (1, 2, 4)]
+    if args.ladd_student:
+        runs += [("LADD student", load_pipeline(args.ladd_student), steps, 1.0, "add") for steps in (1, 2, 4)]
     missing = [folder for folder in args.ablations if not (Path(folder) / "model_index.json").exists()]
     labels = {str(path): label for label, path in VARIANTS.items()}
     for folder in (folder for folder in args.ablations if folder not in missing):
@@ -173,13 +175,16 @@ def _print_add_targets(rows: list[dict]) -> None:
         row = next(r for r in rows if r["model"] == model and r["steps"] == steps)
         return float(row["joint acc"]), float(row["shapes-FID"]), float(row["2+ shapes"])
     accuracy, fid, _ = figures("teacher (DDIM)", 25)
-    one, four = figures("ADD student", 1), figures("ADD student", 4)
-    print(f"\nstudent 1 step: accuracy {one[0]:.3f} (target: at least 0.99): {_verdict(one[0] >= 0.99)}; "
-          f"FID {one[1]:.1f} vs teacher {fid:.1f} (target: at most 1.2x = {1.2 * fid:.1f}): "
-          f"{_verdict(one[1] <= 1.2 * fid)}; two or more shapes {one[2]:.1%} (target: at most 2%): "
-          f"{_verdict(one[2] <= 0.02)}")
-    print(f"student 4 steps: accuracy {four[0]:.3f} vs teacher {accuracy:.3f}, FID {four[1]:.1f} vs {fid:.1f} "
-          f"(target: at least the teacher's on both): {_verdict(four[0] >= accuracy and four[1] <= fid)}")
+    print()
+    for student in sorted({r["model"] for r in rows if r["model"] in ("ADD student", "LADD student")}):
+        one, four = figures(student, 1), figures(student, 4)
+        print(f"{student} 1 step: accuracy {one[0]:.3f} (target: at least 0.99): {_verdict(one[0] >= 0.99)}; "
+              f"FID {one[1]:.1f} vs teacher {fid:.1f} (target: at most 1.2x = {1.2 * fid:.1f}): "
+              f"{_verdict(one[1] <= 1.2 * fid)}; two or more shapes {one[2]:.1%} (target: at most 2%): "
+              f"{_verdict(one[2] <= 0.02)}")
+        print(f"{student} 4 steps: accuracy {four[0]:.3f} vs teacher {accuracy:.3f}, FID {four[1]:.1f} vs "
+              f"{fid:.1f} (target: at least the teacher's on both): "
+              f"{_verdict(four[0] >= accuracy and four[1] <= fid)}")
 
 
 @torch.no_grad()
@@ -188,7 +193,8 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
     TinyViT's tokens that ADD's heads read (its CLS, and its patch tokens pooled), and the teacher UNet's
     blocks that LADD's read, on latents re-noised to each of ``args.timesteps`` with the empty prompt."""
     from addlib.evaluators import load_feature_network
-    from addlib.latent_discriminator import LatentDiscriminator, unet_blocks
+    from addlib.forward_process import add_noise
+    from addlib.latent_discriminator import teacher_tokens, unet_blocks
     from addlib.loading import load_pipeline
     from addlib.probe import linear_probe, pooled_tokens
     from addlib.sampling import text_encoder_output
@@ -211,12 +217,12 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
     latents = teacher.vae.encode(images).latent_dist.mean * teacher.vae.config.scaling_factor
     empty = text_encoder_output(teacher, [""])[0].expand(len(images), -1, -1)  # the prompt must not name the shape
     blocks = list(unet_blocks(teacher.unet))
-    discriminator = LatentDiscriminator(teacher.unet, blocks, empty.shape[-1], teacher.scheduler.alphas_cumprod)
     read = {block: {} for block in blocks}
     for t in tqdm(args.timesteps, desc="noise levels"):
-        features, _ = discriminator.features(latents, empty, torch.Generator().manual_seed(args.seed),
-                                             timesteps=torch.full((len(images),), t))
-        for block, tokens in zip(blocks, features):
+        timesteps = torch.full((len(images),), t)
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(args.seed))
+        noisy = add_noise(latents, noise, timesteps, teacher.scheduler.alphas_cumprod)
+        for block, tokens in zip(blocks, teacher_tokens(teacher.unet, blocks, noisy, timesteps, empty)):
             read[block][f"t = {t}"] = f"{linear_probe(pooled_tokens(tokens), shapes):.3f}"
     rows += [{"features": f"teacher UNet {block}", **read[block], "clean image": ""} for block in blocks]
     print(f"shape of {len(shapes)} small shapes (shapes seed {SEEDS['held_out']}), logistic regression on 70%, "
@@ -426,9 +432,11 @@ def _miniature_benchmarks(subcommands) -> None:
     _add_evaluation_set(teacher)
     teacher.set_defaults(run=bench_teacher)
 
-    add = subcommands.add_parser("add", help="the ADD student against the teacher, and the loss ablation")
+    add = subcommands.add_parser("add", help="the ADD and LADD students against the teacher, and ablations")
     add.add_argument("--teacher", default=str(TEACHER_DIR), help="pipeline folder or hub id")
     add.add_argument("--student", default=str(STUDENT_DIR), help="pipeline folder of the distilled student")
+    add.add_argument("--ladd-student", default=str(LADD_STUDENT_DIR),
+                     help="pipeline folder of the student distilled with LADD's discriminator; '' for none")
     add.add_argument("--ablations", nargs="*", default=[str(f) for f in VARIANTS.values()],
                      help="student folders trained with one change (a loss weight, the data)")
     add.add_argument("--teacher-guidance", type=float, default=3.0)

@@ -34,8 +34,10 @@ from addlib.errors import resolve_device  # noqa: E402
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 TEACHER_DIR = DATA_DIR / "teacher"  # the miniature teacher, python -m addlib.train_teacher
 STUDENT_DIR = DATA_DIR / "student"  # the ADD student, python -m addlib.train_add
+LADD_STUDENT_DIR = DATA_DIR / "ladd_student"  # the LADD student, python -m addlib.train_add --discriminator ladd
 TINY_VAE_DIR = DATA_DIR / "tiny_vae"  # the miniature's TAESD, python -m addlib.train_tiny_vae
 REBUILD = {TEACHER_DIR: "python -m addlib.train_teacher", STUDENT_DIR: "python -m addlib.train_add",
+           LADD_STUDENT_DIR: f"python -m addlib.train_add --discriminator ladd --out {LADD_STUDENT_DIR}",
            TINY_VAE_DIR: "python -m addlib.train_tiny_vae"}
 
 def _is_hub_id(path: str | Path) -> bool:

@@ -23,12 +23,15 @@ def test_teacher_bench_prints_quality_rows(capsys):
 
 def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
     train(Config(steps=1, batch_size=2), tmp_path / "student", tmp_path / "run")
-    bench.main(["add", "--student", str(tmp_path / "student"), "--num-images", "16",
-                "--ablations", str(tmp_path / "student"), str(tmp_path / "missing")])
+    student = str(tmp_path / "student")
+    bench.main(["add", "--student", student, "--ladd-student", student, "--num-images", "16",
+                "--ablations", student, str(tmp_path / "missing")])
     out = capsys.readouterr().out
-    assert first_column(out) == ["real images", *["teacher (DDIM)"] * 3, *["ADD student"] * 3, *["ablation: student"] * 2]
+    assert first_column(out) == ["real images", *["teacher (DDIM)"] * 3, *["ADD student"] * 3, *["LADD student"] * 3,
+                                 *["ablation: student"] * 2]
     assert f"no ablation student in {tmp_path / 'missing'}" in out
-    assert "student 1 step: accuracy" in out and "student 4 steps: accuracy" in out
+    for name in ("ADD student", "LADD student"):
+        assert f"\n{name} 1 step: accuracy" in out and f"\n{name} 4 steps: accuracy" in out
 
 
 def test_stream_bench_times_every_setup_and_checks_outputs(capsys):

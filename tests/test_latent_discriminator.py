@@ -15,6 +15,7 @@ from addlib.latent_discriminator import (
     logit_normal_timesteps,
     unet_blocks,
 )
+from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR
 from addlib.sampling import text_encoder_output
 from addlib.train_add import ADDTrainer, Config, train
 
@@ -142,3 +143,15 @@ def test_in_the_trainer_the_generator_loss_trains_the_student_alone():
     assert all(p.grad is None for p in trainer.teacher.unet.parameters())
     assert all(p.grad is None for p in trainer.discriminator.heads.parameters())
     assert x_theta.shape == inputs["latents"].shape
+
+
+def test_the_shipped_ladd_student_differs_from_the_shipped_add_student_in_its_discriminator_alone():
+    """data/ladd_student is the comparison notebook 08 draws: the same recipe, seed and length as data/student,
+    with LADD's discriminator at the miniature's default noise levels (settings data/student's recipe predates
+    are at their defaults)."""
+    add, ladd = (json.loads((folder / "recipe.json").read_text())["config"]
+                 for folder in (STUDENT_DIR, LADD_STUDENT_DIR))
+    defaults = vars(Config())
+    assert ladd["discriminator"] == "ladd" and ladd["ladd_t_mean"] == defaults["ladd_t_mean"] == -1.0
+    differences = {key: value for key, value in ladd.items() if add.get(key, defaults[key]) != value}
+    assert differences == {"discriminator": "ladd"}

@@ -8,7 +8,8 @@ from safetensors import safe_open
 from transformers import CLIPTextModel
 
 from addlib import loading
-from addlib.loading import STUDENT_DIR, TEACHER_DIR, load_pipeline, load_tiny_vae, pipeline_available, save_pipeline
+from addlib.loading import (LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, load_pipeline, load_tiny_vae, pipeline_available,
+                            save_pipeline)
 from addlib.miniature import MAX_PROMPT_TOKENS, build_pipeline, learn_bpe
 from addlib.shapes import VOCABULARY
 
@@ -35,7 +36,8 @@ def test_save_and_load_round_trip(saved_pipeline):
     assert vocab == learn_bpe(VOCABULARY)[0]
 
 
-@pytest.mark.parametrize("folder", ["saved", TEACHER_DIR, STUDENT_DIR], ids=["saved", "teacher", "student"])
+@pytest.mark.parametrize("folder", ["saved", TEACHER_DIR, STUDENT_DIR, LADD_STUDENT_DIR],
+                         ids=["saved", "teacher", "student", "LADD student"])
 def test_text_encoders_are_saved_in_the_form_transformers_4_and_5_both_read(saved_pipeline, folder):
     """transformers 5 drops the text_model. prefix when it saves; transformers 4 then loads nothing, silently,
     and starts the text encoder from random weights. Every folder here must load with no weight missing."""
