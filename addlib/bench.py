@@ -176,7 +176,7 @@ def _print_add_targets(rows: list[dict]) -> None:
         return float(row["joint acc"]), float(row["shapes-FID"]), float(row["2+ shapes"])
     accuracy, fid, _ = figures("teacher (DDIM)", 25)
     print()
-    for student in sorted({r["model"] for r in rows if r["model"] in ("ADD student", "LADD student")}):
+    for student in dict.fromkeys(r["model"] for r in rows if r["model"] in ("ADD student", "LADD student")):
         one, four = figures(student, 1), figures(student, 4)
         print(f"{student} 1 step: accuracy {one[0]:.3f} (target: at least 0.99): {_verdict(one[0] >= 0.99)}; "
               f"FID {one[1]:.1f} vs teacher {fid:.1f} (target: at most 1.2x = {1.2 * fid:.1f}): "

@@ -71,10 +71,12 @@ def check_teacher_tokens(fn: Callable) -> None:
                     (unet, layers, torch.randn(batch, 4, 8, 8, generator=gen),
                      torch.randint(0, 1000, (batch,), generator=gen), torch.randn(batch, 3, 8, generator=gen)))
 
-    def block_outputs(transform: Callable, order: Callable = lambda layers: layers, at: Callable = lambda t: t):
+    def block_outputs(transform: Callable = lambda x: x, order: Callable = lambda layers: layers,
+                      at: Callable = lambda t: t) -> Callable:
+        """The library's answer, or a mistake: its tokens transformed, its blocks reordered, its timesteps changed."""
         def run(unet, layers, noisy, timesteps, text):
-            outputs = teacher_tokens(unet, order(layers), noisy, at(timesteps), text)
-            return [transform(tokens) for tokens in outputs]
+            tokens = teacher_tokens(unet, order(layers), noisy, at(timesteps), text)
+            return tuple(transform(block) for block in tokens)
         return run
 
     def answer(*args):
@@ -91,17 +93,17 @@ def check_teacher_tokens(fn: Callable) -> None:
     cases = [case(["mid"], 2), case(["down.0", "up.1"], 3), case(["up.1", "down.1", "mid"], 2)]
     with torch.no_grad():
         run_checks(
-            "teacher_tokens", answer, lambda *args: tuple(teacher_tokens(*args)), cases,
+            "teacher_tokens", answer, block_outputs(), cases,
             mistakes=[
                 Mistake("a block's output (B, C, h, w) becomes h * w tokens of C channels: .flatten(2) gives "
                         "(B, C, h * w); transpose its last two dimensions.",
-                        lambda *args: tuple(block_outputs(lambda x: x.transpose(1, 2))(*args))),
+                        block_outputs(lambda x: x.transpose(1, 2))),
                 Mistake("keep every position as a token: the heads read (B, h * w, C), not a pooled (B, C).",
-                        lambda *args: tuple(block_outputs(lambda x: x.mean(1))(*args))),
+                        block_outputs(lambda x: x.mean(1))),
                 Mistake("return the tokens in the order of `layers`, not in the order the UNet runs its blocks.",
-                        lambda *args: tuple(block_outputs(lambda x: x, lambda layers: sorted(layers, key=names.index))(*args))),
+                        block_outputs(order=lambda layers: sorted(layers, key=names.index))),
                 Mistake("run the UNet at the given timesteps: the features of a noisy latent depend on how noisy "
                         "the UNet is told it is.",
-                        lambda *args: tuple(block_outputs(lambda x: x, at=torch.zeros_like)(*args))),
+                        block_outputs(at=torch.zeros_like)),
             ],
         )
