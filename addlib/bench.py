@@ -218,9 +218,9 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
     empty = text_encoder_output(teacher, [""])[0].expand(len(images), -1, -1)  # the prompt must not name the shape
     blocks = list(unet_blocks(teacher.unet))
     read = {block: {} for block in blocks}
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(args.seed))  # one draw, every t
     for t in tqdm(args.timesteps, desc="noise levels"):
         timesteps = torch.full((len(images),), t)
-        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(args.seed))
         noisy = add_noise(latents, noise, timesteps, teacher.scheduler.alphas_cumprod)
         for block, tokens in zip(blocks, teacher_tokens(teacher.unet, blocks, noisy, timesteps, empty)):
             read[block][f"t = {t}"] = f"{linear_probe(pooled_tokens(tokens), shapes):.3f}"
