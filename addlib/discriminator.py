@@ -24,6 +24,11 @@ Both real and fake images go through the same random DiffAugment (colour, transl
 In the miniature F is the shipped :class:`~addlib.evaluators.TinyViT`; at the real scale it is
 :class:`DINOv2Features`. Anything with ``features(images, layers)``, ``cls_embedding(images)``, ``num_layers``
 and ``embed_dim`` works.
+
+Every discriminator here (this one, LADD's in :mod:`addlib.latent_discriminator`, and both at once as a
+:class:`JointDiscriminator`) is a :class:`Discriminator`: it picks what it judges of a sample (``view``: the
+decoded images, the latents, or both), computes its ``condition`` once per batch, returns token logits from
+``forward(x, **condition)`` and shares one ``loss``. So ADD's trainer never asks which one it holds.
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 DIFFAUGMENT_POLICY = ("color", "translation", "cutout")
+# Where the hinge reads a head's token logits (hinge_discriminator_loss): each token on its own (StyleGAN-T's), or
+# the image's mean token logit, its verdict, so tokens no head can tell apart (a plain background) do not hold
+# the loss at its chance value.
+VERDICTS = ("tokens", "image")
 CONDITIONS = ("text", "image")  # c_text and c_img, in the order the heads concatenate them
 
 
@@ -143,6 +152,15 @@ def feature_network(name: str) -> torch.nn.Module:
     return load_dinov2(name)
 
 
+def check_heads(cmap_dim: int, verdict: str) -> None:
+    """Refuse, in one line, heads no discriminator can be built with."""
+    if isinstance(cmap_dim, bool) or not isinstance(cmap_dim, int) or cmap_dim < 1:
+        raise ValueError(f"the heads' width (cmap_dim, --head-width) must be a positive integer (64 here, "
+                         f"StyleGAN-T's), got {cmap_dim!r}")
+    if verdict not in VERDICTS:
+        raise ValueError(f"unknown verdict {verdict!r} (--discriminator-verdict); choose one of {', '.join(VERDICTS)}")
+
+
 class _Residual(nn.Module):
     def __init__(self, fn: nn.Module):
         super().__init__()
@@ -180,7 +198,48 @@ class DiscriminatorHead(nn.Module):
         return (h * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
 
 
-class ProjectedDiscriminator(nn.Module):
+class Discriminator(nn.Module):
+    """What ADD's trainer asks of a discriminator: trainable ``heads`` on the token features of a frozen network.
+
+    ``reads`` is what it judges of a sample: ``"images"`` (decoded pixels, ADD's) or ``"latents"`` (LADD's);
+    ``verdict`` where its hinge reads the heads' token logits (:data:`VERDICTS`).
+    ``condition(images, text_tokens, pooled)`` returns, once per batch of real images and their captions, the
+    keyword arguments its ``forward(x, **condition, generator=...)`` and :meth:`loss` take; ``read`` returns the
+    heads' input features of ``x`` and what ``heads_logits(features, *context)`` needs beside them.
+    """
+
+    reads: str
+    heads: nn.ModuleList
+    verdict: str = "tokens"  # where the hinge reads the heads' token logits (VERDICTS)
+
+    def condition(self, images: torch.Tensor, text_tokens: torch.Tensor, pooled: torch.Tensor) -> dict:
+        raise NotImplementedError
+
+    def view(self, images: torch.Tensor, latents: torch.Tensor):
+        """What this discriminator judges of a sample given both its decoded ``images`` and its ``latents``."""
+        return {"images": images, "latents": latents}[self.reads]
+
+    def read(self, x: torch.Tensor, generator: torch.Generator | None = None, **condition
+             ) -> tuple[list[torch.Tensor], tuple]:
+        raise NotImplementedError
+
+    def heads_logits(self, features: list[torch.Tensor], *context) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, real: torch.Tensor, fake: torch.Tensor, r1_weight: float, generator: torch.Generator | None = None,
+             **condition) -> tuple[torch.Tensor, dict[str, float]]:
+        """L_adv^D for real samples and the fakes made from them (detached here: this loss trains the heads
+        alone), both augmented or re-noised alike (:func:`paired_generators`), and its parts for logging."""
+        real_generator, fake_generator = paired_generators(generator)
+        real_features, context = self.read(real, real_generator, **condition)
+        if r1_weight:
+            real_features = [f.detach().requires_grad_() for f in real_features]
+        real_logits = self.heads_logits(real_features, *context)
+        fake_logits = self(fake.detach(), **condition, generator=fake_generator)
+        return adversarial_losses(real_logits, real_features, fake_logits, r1_weight, self.verdict)
+
+
+class ProjectedDiscriminator(Discriminator):
     """Trainable heads on the token features of chosen layers of a frozen feature network.
 
     ``feature_network`` is frozen here (no gradients to its weights; gradients still flow through it to the
@@ -188,9 +247,13 @@ class ProjectedDiscriminator(nn.Module):
     conditioned on (the teacher text encoder's pooled output); the image embedding is the network's CLS.
     """
 
+    reads = "images"
+
     def __init__(self, feature_network: nn.Module, layers: Sequence[int], text_dim: int, cmap_dim: int = 64,
-                 augment: Sequence[str] = DIFFAUGMENT_POLICY, conditions: Sequence[str] = CONDITIONS):
+                 augment: Sequence[str] = DIFFAUGMENT_POLICY, conditions: Sequence[str] = CONDITIONS,
+                 verdict: str = "tokens"):
         super().__init__()
+        check_heads(cmap_dim, verdict)
         layers = list(layers)
         bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < feature_network.num_layers)]
         if bad or not layers:
@@ -201,7 +264,7 @@ class ProjectedDiscriminator(nn.Module):
             raise ValueError(f"conditions {list(conditions)} must be distinct names from {list(CONDITIONS)} "
                              f"(none at all makes the heads unconditional)")
         self.feature_network = feature_network.eval().requires_grad_(False)
-        self.layers, self.augment, self.conditions = layers, tuple(augment), tuple(conditions)
+        self.layers, self.augment, self.conditions, self.verdict = layers, tuple(augment), tuple(conditions), verdict
         sizes = {"text": text_dim, "image": feature_network.embed_dim}
         condition_dim = sum(sizes[c] for c in self.conditions) or 1
         self.heads = nn.ModuleList(DiscriminatorHead(feature_network.embed_dim, condition_dim, cmap_dim)
@@ -234,9 +297,50 @@ class ProjectedDiscriminator(nn.Module):
         condition = torch.cat(chosen, dim=1)
         return [head(tokens, condition) for head, tokens in zip(self.heads, features)]
 
+    def condition(self, images: torch.Tensor, text_tokens: torch.Tensor, pooled: torch.Tensor) -> dict:
+        """The heads' condition for real ``images`` and their captions: c_text, the pooled text embedding, and
+        c_img (:meth:`image_embedding`)."""
+        return {"text_embedding": pooled, "image_embedding": self.image_embedding(images)}
+
+    def read(self, images: torch.Tensor, generator: torch.Generator | None = None, *, text_embedding: torch.Tensor,
+             image_embedding: torch.Tensor | None) -> tuple:
+        return self.features(images, generator), (text_embedding, image_embedding)
+
     def forward(self, images: torch.Tensor, text_embedding: torch.Tensor, image_embedding: torch.Tensor | None,
                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """D_k of the augmented images (B, 3, H, W): a list of (B, T) token logits."""
         return self.heads_logits(self.features(images, generator), text_embedding, image_embedding)
+
+
+class JointDiscriminator(Discriminator):
+    """Several discriminators judged as one: each reads its own view of a sample with its own condition, the
+    verdict (:func:`score`) sums all their heads, and their losses add up. ADD's heads on a frozen image network
+    and LADD's on the teacher's blocks see different things (``python -m addlib.bench heads``): together the
+    student must satisfy both."""
+
+    reads = "joint"
+
+    def __init__(self, parts: Sequence[Discriminator]):
+        super().__init__()
+        self.parts = nn.ModuleList(parts)
+        self.heads = nn.ModuleList(head for part in parts for head in part.heads)  # what trains, and is saved
+
+    def view(self, images: torch.Tensor, latents: torch.Tensor) -> tuple:
+        return tuple(part.view(images, latents) for part in self.parts)
+
+    def condition(self, images: torch.Tensor, text_tokens: torch.Tensor, pooled: torch.Tensor) -> dict:
+        return {"conditions": [part.condition(images, text_tokens, pooled) for part in self.parts]}
+
+    def forward(self, x: tuple, conditions: list[dict], generator: torch.Generator | None = None
+                ) -> list[torch.Tensor]:
+        return [logits for part, view, condition in zip(self.parts, x, conditions)
+                for logits in part(view, **condition, generator=generator)]
+
+    def loss(self, real: tuple, fake: tuple, r1_weight: float, generator: torch.Generator | None = None,
+             conditions: list[dict] = ()) -> tuple[torch.Tensor, dict[str, float]]:
+        losses = [part.loss(r, f, r1_weight, generator, **condition)
+                  for part, r, f, condition in zip(self.parts, real, fake, conditions)]
+        return sum(loss for loss, _ in losses), {key: sum(stats[key] for _, stats in losses) for key in losses[0][1]}
 
 
 def score(logits: list[torch.Tensor]) -> torch.Tensor:
@@ -244,8 +348,17 @@ def score(logits: list[torch.Tensor]) -> torch.Tensor:
     return sum(head_logits.mean(dim=1) for head_logits in logits)
 
 
-def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor]) -> torch.Tensor:
-    """E[sum_k max(0, 1 - D_k(real))] + E[sum_k max(0, 1 + D_k(fake))], averaged over tokens and images."""
+def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor],
+                             verdict: str = "tokens") -> torch.Tensor:
+    """E[sum_k max(0, 1 - D_k(real))] + E[sum_k max(0, 1 + D_k(fake))], averaged over tokens and images.
+
+    With ``verdict="image"`` D_k of an image is its mean token logit, and the hinge reads that instead of each
+    token (:data:`VERDICTS`). Heads that say 0 to everything score 2 per head either way: the chance value."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"unknown verdict {verdict!r}; choose one of {', '.join(VERDICTS)}")
+    if verdict == "image":
+        real_logits = [logits.mean(dim=1) for logits in real_logits]
+        fake_logits = [logits.mean(dim=1) for logits in fake_logits]
     real = sum(F.relu(1 - logits).mean() for logits in real_logits)
     fake = sum(F.relu(1 + logits).mean() for logits in fake_logits)
     return real + fake
@@ -283,24 +396,12 @@ def paired_generators(generator: torch.Generator | None = None) -> tuple[torch.G
     return torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
 
 
-def discriminator_loss(discriminator: ProjectedDiscriminator, real: torch.Tensor, fake: torch.Tensor,
-                       text_embedding: torch.Tensor, image_embedding: torch.Tensor, r1_weight: float,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_adv^D for real images x0 and the (detached) fakes made from them, and its parts for logging."""
-    real_generator, fake_generator = paired_generators(generator)
-    real_features = discriminator.features(real, real_generator)
-    if r1_weight:
-        real_features = [f.detach().requires_grad_() for f in real_features]
-    real_logits = discriminator.heads_logits(real_features, text_embedding, image_embedding)
-    fake_logits = discriminator(fake.detach(), text_embedding, image_embedding, fake_generator)
-    return adversarial_losses(real_logits, real_features, fake_logits, r1_weight)
-
-
 def adversarial_losses(real_logits: list[torch.Tensor], real_features: list[torch.Tensor],
-                       fake_logits: list[torch.Tensor], r1_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+                       fake_logits: list[torch.Tensor], r1_weight: float, verdict: str = "tokens"
+                       ) -> tuple[torch.Tensor, dict[str, float]]:
     """The hinge loss plus ``r1_weight`` times R1 on the real features, and the parts for logging: what every
-    discriminator here (this one, and LADD's in :mod:`addlib.latent_discriminator`) minimises."""
-    hinge = hinge_discriminator_loss(real_logits, fake_logits)
+    :class:`Discriminator` minimises."""
+    hinge = hinge_discriminator_loss(real_logits, fake_logits, verdict)
     r1 = r1_penalty(real_logits, real_features) if r1_weight else torch.zeros(())
     stats = {"hinge": hinge.item(), "r1": r1.item(), "real_score": score(real_logits).mean().item(),
              "fake_score": score(fake_logits).mean().item()}

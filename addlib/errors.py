@@ -23,7 +23,8 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # would not fail, it would quietly train nothing (0 steps), diverge (a decay of 2) or divide by zero.
 _RANGES = (
     (lambda name: name == "warmup_steps", "at least 0", lambda v: v >= 0),
-    (lambda name: name.endswith(("steps", "batch_size", "checkpoint_every", "resolution", "images", "prompts")),
+    (lambda name: name.endswith(("steps", "batch_size", "checkpoint_every", "resolution", "images", "prompts",
+                                 "width")),
      "at least 1", lambda v: v >= 1),
     (lambda name: name.endswith("lr") or name == "grad_clip", "above 0", lambda v: v > 0),
     (lambda name: name.endswith("_prob"), "in [0, 1]", lambda v: 0 <= v <= 1),
@@ -49,8 +50,8 @@ def check_config(config) -> None:
         integer = isinstance(default, int)
         if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
             raise ValueError(f"{option} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if value != value:
-            raise ValueError(f"{option} is NaN; give a number")
+        if not math.isfinite(value):
+            raise ValueError(f"{option} is {value}; give a finite number")
         for applies, allowed, holds in _RANGES:
             if applies(name):
                 if not holds(value):

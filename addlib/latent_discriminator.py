@@ -36,7 +36,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from addlib.discriminator import DiscriminatorHead, adversarial_losses, paired_generators
+from addlib.discriminator import Discriminator, DiscriminatorHead, check_heads
 from addlib.forward_process import add_noise
 
 T_MEAN, T_STD = 1.0, 1.0  # LADD's logit-normal for the discriminator's noise levels, shifted to high noise
@@ -102,7 +102,7 @@ def check_logit_normal(mean: float, std: float) -> None:
                          f"got {std}")
 
 
-class LatentDiscriminator(nn.Module):
+class LatentDiscriminator(Discriminator):
     """Trainable heads on the outputs of chosen blocks of a frozen teacher UNet, run on re-noised latents.
 
     ``layers`` names blocks of :func:`unet_blocks` (e.g. ``["down.1", "mid", "up.1"]``); ``text_dim`` is the
@@ -110,9 +110,12 @@ class LatentDiscriminator(nn.Module):
     is the teacher's schedule, which the latents are re-noised on.
     """
 
+    reads = "latents"
+
     def __init__(self, unet: nn.Module, layers: Sequence[str], text_dim: int, alphas_cumprod: torch.Tensor,
-                 cmap_dim: int = 64, t_mean: float = T_MEAN, t_std: float = T_STD):
+                 cmap_dim: int = 64, t_mean: float = T_MEAN, t_std: float = T_STD, verdict: str = "tokens"):
         super().__init__()
+        check_heads(cmap_dim, verdict)
         blocks, channels = unet_blocks(unet), block_channels(unet)
         layers = list(layers)
         unknown = [layer for layer in layers if layer not in blocks]
@@ -123,7 +126,7 @@ class LatentDiscriminator(nn.Module):
         # The teacher's, frozen by the trainer. Not registered as a submodule: it is saved, moved and trained with
         # the teacher, never with the heads.
         object.__setattr__(self, "unet", unet)
-        self.layers, self.t_mean, self.t_std = layers, t_mean, t_std
+        self.layers, self.t_mean, self.t_std, self.verdict = layers, t_mean, t_std, verdict
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float().clone(), persistent=False)
         self.heads = nn.ModuleList(DiscriminatorHead(channels[layer], text_dim + NOISE_LEVEL_DIM, cmap_dim)
                                    for layer in layers)
@@ -146,19 +149,18 @@ class LatentDiscriminator(nn.Module):
         condition = torch.cat([pooled, noise_level_embedding(timesteps).to(pooled)], dim=1)
         return [head(tokens, condition) for head, tokens in zip(self.heads, features)]
 
+    def condition(self, images: torch.Tensor, text_tokens: torch.Tensor, pooled: torch.Tensor) -> dict:
+        """The caption's tokens (the teacher's cross-attention context) and its pooled embedding (the heads'
+        condition, beside the noise level); the real images themselves play no part."""
+        return {"text_tokens": text_tokens, "pooled": pooled}
+
+    def read(self, latents: torch.Tensor, generator: torch.Generator | None = None, *, text_tokens: torch.Tensor,
+             pooled: torch.Tensor) -> tuple:
+        features, timesteps = self.features(latents, text_tokens, generator)
+        return features, (pooled, timesteps)
+
     def forward(self, latents: torch.Tensor, text_tokens: torch.Tensor, pooled: torch.Tensor,
                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """D_k of the latents (B, 4, h, w), re-noised: a list of (B, T_k) token logits."""
         features, timesteps = self.features(latents, text_tokens, generator)
         return self.heads_logits(features, pooled, timesteps)
-
-    def loss(self, real: torch.Tensor, fake: torch.Tensor, text_tokens: torch.Tensor, pooled: torch.Tensor,
-             r1_weight: float, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """L_adv^D for real latents z0 and the (detached) student latents made from them, re-noised alike, and
-        its parts for logging."""
-        real_generator, fake_generator = paired_generators(generator)
-        real_features, timesteps = self.features(real, text_tokens, real_generator)
-        if r1_weight:
-            real_features = [f.detach().requires_grad_() for f in real_features]
-        real_logits = self.heads_logits(real_features, pooled, timesteps)
-        fake_logits = self(fake.detach(), text_tokens, pooled, fake_generator)
-        return adversarial_losses(real_logits, real_features, fake_logits, r1_weight)

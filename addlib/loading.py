@@ -36,6 +36,7 @@ TEACHER_DIR = DATA_DIR / "teacher"  # the miniature teacher, python -m addlib.tr
 STUDENT_DIR = DATA_DIR / "student"  # the ADD student, python -m addlib.train_add
 LADD_STUDENT_DIR = DATA_DIR / "ladd_student"  # the LADD student, python -m addlib.train_add --discriminator ladd
 TINY_VAE_DIR = DATA_DIR / "tiny_vae"  # the miniature's TAESD, python -m addlib.train_tiny_vae
+HEALTH_DIR = DATA_DIR / "health"  # loss logs of short ADD runs that show a GAN's health (notebook 05)
 REBUILD = {TEACHER_DIR: "python -m addlib.train_teacher", STUDENT_DIR: "python -m addlib.train_add",
            LADD_STUDENT_DIR: f"python -m addlib.train_add --discriminator ladd --out {LADD_STUDENT_DIR}",
            TINY_VAE_DIR: "python -m addlib.train_tiny_vae"}

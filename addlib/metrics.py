@@ -139,18 +139,12 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
     fractions of images the classifier refuses (``"none of these"``) and that hold two or more shapes
     (``"several shapes"``).
     """
-    if len(images) != len(prompts) or not prompts:
-        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image, "
-                         f"at least one")
-    check_images("images", images)
-    requests = [parse_caption(prompt) for prompt in prompts]  # before the classifier runs: bad prompts fail fast
-    reading = read_images(images, classifier, batch_size)
+    requests, reading, verdicts = _attribute_verdicts(images, prompts, classifier, batch_size)
     named = {name: 0 for name in ATTRIBUTES}  # how many prompts name each attribute
     right = {name: 0 for name in ATTRIBUTES}  # and how many of those images show it
     all_right = closed_world = 0
-    for asked, labels, single in zip(requests, reading.labels.tolist(), reading.one_shape.tolist()):
+    for asked, labels, correct in zip(requests, reading.labels.tolist(), verdicts):
         read = labels_to_attributes(labels)
-        correct = {name: read[name] == value and (single or name != "shape") for name, value in asked.items()}
         for name in asked:
             named[name] += 1
             right[name] += correct[name]
@@ -160,6 +154,30 @@ def prompt_accuracy(images: torch.Tensor, prompts: list[str], classifier: Attrib
     return accuracy | {"joint": all_right / len(prompts), "closed-world joint": closed_world / len(prompts),
                        "none of these": reading.refused.float().mean().item(),
                        "several shapes": (reading.counts >= 2).float().mean().item()}
+
+
+def prompt_correct(images: torch.Tensor, prompts: list[str], classifier: AttributeClassifier,
+                   batch_size: int = 512) -> torch.Tensor:
+    """For each image (N,), whether it shows everything its prompt names, as :func:`prompt_accuracy`'s
+    ``"joint"`` counts it (a single shape included): the per-image reading behind that figure."""
+    return torch.tensor([all(correct.values())
+                         for correct in _attribute_verdicts(images, prompts, classifier, batch_size)[2]])
+
+
+def _attribute_verdicts(images: torch.Tensor, prompts: list[str], classifier: AttributeClassifier,
+                        batch_size: int) -> tuple[list[dict], Reading, list[dict[str, bool]]]:
+    """The prompts' requests, the classifier's reading, and per image whether each named attribute is right."""
+    if len(images) != len(prompts) or not prompts:
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image, "
+                         f"at least one")
+    check_images("images", images)
+    requests = [parse_caption(prompt) for prompt in prompts]  # before the classifier runs: bad prompts fail fast
+    reading = read_images(images, classifier, batch_size)
+    verdicts = []
+    for asked, labels, single in zip(requests, reading.labels.tolist(), reading.one_shape.tolist()):
+        read = labels_to_attributes(labels)
+        verdicts.append({name: read[name] == value and (single or name != "shape") for name, value in asked.items()})
+    return requests, reading, verdicts
 
 
 def count_shapes(images: torch.Tensor, threshold: float = 0.4, min_area: int = 6) -> torch.Tensor:

@@ -51,3 +51,42 @@ def to_png(image: torch.Tensor, scale: int = 4) -> bytes:
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def plot_health(runs: dict[str, list[dict]], title: str = "", smooth: int = 5):
+    """The health of adversarial runs from their loss logs (``loss_log.json``, entries with the trainer's
+    measurements): the discriminator's hinge beside its chance value, its accuracy on held-out images beside
+    0.5, and the ratio of the gradient norms the adversarial and the distillation terms put on the student
+    (above 1, the adversarial term moves it more). Each curve is a running mean over ``smooth`` entries, since
+    a batch of held-out images is small. Returns the figure."""
+    figure, axes = plt.subplots(1, 3, figsize=(9, 2.4))
+
+    def running_mean(values: list[float]) -> list[float]:
+        return [sum(values[max(0, i - smooth + 1):i + 1]) / len(values[max(0, i - smooth + 1):i + 1])
+                for i in range(len(values))]
+
+    for name, log in runs.items():
+        measured = [entry for entry in log if "held_out_accuracy" in entry]
+        if not measured:
+            raise ValueError(f"the log of {name!r} holds no health measurements (held_out_accuracy); it was "
+                             f"written before the trainer measured them: train it again")
+        steps = [entry["step"] for entry in measured]
+        line, = axes[0].plot(steps, running_mean([e["hinge"] / e["hinge_at_chance"] for e in measured]), lw=1,
+                             label=name)
+        axes[1].plot(steps, running_mean([e["held_out_accuracy"] for e in measured]), lw=1, color=line.get_color())
+        axes[2].plot(steps, running_mean([e["grad_adversarial"] / max(e["grad_distillation"], 1e-12)
+                                          for e in measured]), lw=1, color=line.get_color())
+    axes[0].axhline(1, color="grey", ls="--", lw=1, label="chance")
+    axes[0].set(xlabel="step", ylabel="hinge / its chance value", title="discriminator's hinge")
+    axes[1].axhline(0.5, color="grey", ls="--", lw=1)
+    axes[1].set(xlabel="step", ylabel="accuracy", ylim=(0, 1.02), title="held-out accuracy (real vs fake)")
+    axes[2].axhline(1, color="grey", ls="--", lw=1)
+    axes[2].set(xlabel="step", ylabel="adversarial / distillation", yscale="log",
+                title="which loss moves the student")
+    axes[0].legend(fontsize=7)
+    for axis in axes:
+        axis.title.set_fontsize(9)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    return figure

@@ -22,7 +22,9 @@ Each step follows the paper's Fig. 2 and section 3:
    (:mod:`addlib.discriminator`, :mod:`addlib.distillation`);
 4. discriminator update: the hinge loss on x0 against decode(z_theta), plus gamma * R1 on the real features;
    with ``discriminator="ladd"`` both adversarial losses read z0 and z_theta themselves, re-noised and seen
-   through the teacher UNet's own blocks (LADD, Sauer et al., 2024; :mod:`addlib.latent_discriminator`);
+   through the teacher UNet's own blocks (LADD, Sauer et al., 2024; :mod:`addlib.latent_discriminator`), and
+   with ``"add+ladd"`` both discriminators judge, their losses added; every 10 steps the log also records the
+   discriminator's health (:meth:`ADDTrainer.health`) and the gradient each loss puts on the student;
 5. an exponential moving average of the student's weights, which is what gets exported, as a diffusers pipeline
    whose ``LCMScheduler`` samples as ADD does: predict x0, noise it afresh to the next student timestep.
 
@@ -48,6 +50,7 @@ an uninterrupted one does.
 from __future__ import annotations
 
 import copy
+import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,11 +61,14 @@ from accelerate import Accelerator
 from addlib.checkpoints import parse_run_arguments
 from addlib.datasets import open_dataset
 from addlib.discriminator import (
+    Discriminator,
+    JointDiscriminator,
     ProjectedDiscriminator,
-    discriminator_loss,
-    hinge_generator_loss,
+    check_heads,
     feature_network,
+    hinge_generator_loss,
     paired_generators,
+    score,
 )
 from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
 from addlib.errors import OneLineParser, check_config, run_command
@@ -111,10 +117,13 @@ class Config:
     teacher_guidance_scale: float = 3.0
     ema_decay: float = 0.995
     # the discriminator: "add", heads on a frozen feature network's features of the decoded images (the paper's);
-    # "ladd", heads on the teacher UNet's own features of re-noised latents (LADD; addlib.latent_discriminator)
+    # "ladd", heads on the teacher UNet's own features of re-noised latents (LADD; addlib.latent_discriminator);
+    # "add+ladd", both sets of heads, their losses added
     discriminator: str = "add"
     discriminator_lr: float = 1e-3
     r1_weight: float = 10.0  # gamma
+    head_width: int = 64  # cmap_dim: the channels each head projects a token onto the condition with
+    discriminator_verdict: str = "tokens"  # where the hinge reads the token logits: each token, or the image's mean
     feature_network: str = "miniature"  # the shipped tiny ViT, a folder with another, or a DINOv2 hub id
     discriminator_layers: str = "1,3,5"  # blocks of the feature network that get a head (DINOv2-S: 2,5,8,11)
     # Table 1b: "text,image" (the paper's), one of them, or "" for none. Here c_img cost one-step accuracy on
@@ -178,11 +187,13 @@ class Config:
             raise ValueError("both loss weights are 0: the student would learn nothing")
         if self.discriminator not in DISCRIMINATORS:
             raise ValueError(f"unknown discriminator {self.discriminator!r}; choose one of {', '.join(DISCRIMINATORS)}")
-        if self.discriminator == "ladd":
+        if "ladd" in self.discriminator.split("+"):
             check_logit_normal(self.ladd_t_mean, self.ladd_t_std)
+        if self.discriminator == "ladd":
             if "image" in self.discriminator_conditioning.split(","):
                 raise ValueError("discriminator 'ladd' reads no image embedding (its heads see the text and the noise "
                                  "level); use --discriminator-conditioning text")
+        check_heads(self.head_width, self.discriminator_verdict)
         if self.lora_rank < 0:
             raise ValueError(f"lora_rank must be 0 (train every weight) or a positive rank, got {self.lora_rank}")
 
@@ -212,7 +223,7 @@ STABLE_DIFFUSION = dict(
 )
 PRESETS = {"miniature": {}, "stable-diffusion": STABLE_DIFFUSION}
 MIXED_PRECISIONS = ("no", "fp16", "bf16")  # accelerate's names
-DISCRIMINATORS = ("add", "ladd")
+DISCRIMINATORS = ("add", "ladd", "add+ladd")
 
 
 class ADDTrainer:
@@ -236,19 +247,9 @@ class ADDTrainer:
         self.decoder = self.teacher.vae
         if config.tiny_vae:
             self.decoder = load_tiny_vae(TINY_VAE_DIR if config.tiny_vae == "miniature" else config.tiny_vae, device)
-        text_dim = self.teacher.text_encoder.config.hidden_size  # of the pooled output
         # Not handed to accelerate.prepare: DDP would hide the methods R1 needs, and the heads' gradients
         # are averaged across processes by hand (see step).
-        if config.discriminator == "ladd":
-            self.discriminator = LatentDiscriminator(
-                self.teacher.unet, config.ladd_layers.split(","), text_dim, self.teacher.scheduler.alphas_cumprod,
-                t_mean=config.ladd_t_mean, t_std=config.ladd_t_std).to(device)
-        else:
-            layers = [int(v) for v in config.discriminator_layers.split(",")]
-            augment = tuple(p for p in config.augment.split(",") if p)
-            conditions = tuple(c for c in config.discriminator_conditioning.split(",") if c)
-            self.discriminator = ProjectedDiscriminator(feature_network(config.feature_network), layers, text_dim,
-                                                        augment=augment, conditions=conditions).to(device)
+        self.discriminator = make_discriminator(config, self.teacher).to(device)
         betas = (config.adam_beta1, config.adam_beta2)
         self.student_optimizer = torch.optim.Adam(self.trainable.parameters(), lr=config.lr, betas=betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.heads.parameters(),
@@ -258,6 +259,7 @@ class ADDTrainer:
         self.student_timesteps = torch.tensor(config.timesteps())
         with torch.no_grad():
             self.empty = encode_prompts(self.teacher, [""])
+        self.held_out = None  # health()'s fixed batch, made when first asked for
 
     def modules(self) -> dict:
         return {"student": self.trainable, "ema": self.ema, "heads": self.discriminator.heads}
@@ -290,34 +292,41 @@ class ADDTrainer:
     def batch(self, step: int) -> tuple[torch.Tensor, list[str]]:
         """This process's real images (B, 3, H, W) and captions for ``step``: fresh images every step."""
         index = step * self.accelerator.num_processes + self.accelerator.process_index
+        return self.images(index * self.config.batch_size, self.config.seed)
+
+    def images(self, start: int, seed: int) -> tuple[torch.Tensor, list[str]]:
+        """A batch of real images and captions from the training data, from item ``start`` under ``seed``."""
         config = self.config
         if self.dataset is not None:
-            images, captions = self.dataset.batch(index * config.batch_size, config.batch_size, config.seed)
+            images, captions = self.dataset.batch(start, config.batch_size, seed)
         else:
-            images, captions, _ = make_shapes(config.batch_size, config.seed, config.resolution,
-                                              start=index * config.batch_size, omit_prob=config.omit_prob)
+            images, captions, _ = make_shapes(config.batch_size, seed, config.resolution, start=start,
+                                              omit_prob=config.omit_prob)
         return images.to(self.accelerator.device), captions
 
-    def inputs(self, step: int) -> dict:
-        """What step ``step`` draws and encodes before any loss: the real images and their latents z0, the
-        student timesteps and noise, the text and image embeddings, and the generator that goes on to draw
-        the losses' randomness. ``generator_loss(**inputs)`` takes all of it but the images."""
+    def inputs(self, step: int, images: torch.Tensor | None = None, captions: list[str] | None = None) -> dict:
+        """What step ``step`` draws and encodes before any loss: the real images (``step``'s batch, unless given)
+        and their latents z0, the student timesteps and noise, the text tokens, the discriminator's condition,
+        and the generator that goes on to draw the losses' randomness. ``generator_loss(**inputs)`` takes all of
+        it but the images."""
         teacher, accelerator = self.teacher, self.accelerator
         generator = step_generator(self.config.seed, step * accelerator.num_processes + accelerator.process_index, 3)
-        images, captions = self.batch(step)
+        if images is None:
+            images, captions = self.batch(step)
         with torch.no_grad():
             latents = posterior_sample(teacher.vae.encode(images).latent_dist, generator)
             latents = latents * teacher.vae.config.scaling_factor
             encoded = text_encoder_output(teacher, captions)  # one call: tokens for the UNets, pooled for D
-            image_embedding = (self.discriminator.image_embedding(images) if self.config.discriminator == "add"
-                               else None)
+            condition = self.discriminator.condition(images, encoded[0], encoded.pooler_output)
         pick = torch.randint(len(self.student_timesteps), (len(images),), generator=generator)
         return {"images": images, "latents": latents, "timesteps": self.student_timesteps[pick].to(images.device),
                 "noise": torch.randn(latents.shape, generator=generator).to(latents), "text": encoded[0],
-                "pooled": encoded.pooler_output, "image_embedding": image_embedding, "generator": generator}
+                "condition": condition, "generator": generator}
 
-    def step(self, step: int) -> dict[str, float]:
-        """One generator and one discriminator update; returns the losses for the log."""
+    def step(self, step: int, measure: bool = False) -> dict[str, float]:
+        """One generator and one discriminator update; returns the losses for the log. With ``measure``, also
+        the gradient norm each loss puts on the student (:func:`gradient_norms`) and the discriminator's
+        verdicts on held-out images (:meth:`health`)."""
         config, accelerator = self.config, self.accelerator
         inputs = self.inputs(step)
         images, generator = inputs.pop("images"), inputs["generator"]
@@ -327,23 +336,22 @@ class ADDTrainer:
         with accelerator.autocast():
             loss, (adversarial, distill), x_theta, fake = self.generator_loss(**inputs)
         check_finite(loss, "student", step, fix="lower the learning rates")
+        norms = gradient_norms({"adversarial": config.adversarial_weight * adversarial,
+                                "distillation": config.distillation_weight * distill},
+                               list(self.trainable.parameters())) if measure else {}
         self.student_optimizer.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         accelerator.clip_grad_norm_(self.trainable.parameters(), config.grad_clip)
         self.student_optimizer.step()
 
-        # The discriminator update, on the same real images and the fakes just made.
+        # The discriminator update, on the same real images and the fakes just made (detached by its loss).
         stats = {}
         self.discriminator.heads.requires_grad_(True)
         if config.adversarial_weight:
-            with accelerator.autocast():
-                if config.discriminator == "ladd":
-                    with self.teacher_without_adapters():
-                        d_loss, stats = self.discriminator.loss(inputs["latents"], x_theta.detach(), inputs["text"],
-                                                                inputs["pooled"], config.r1_weight, generator)
-                else:
-                    d_loss, stats = discriminator_loss(self.discriminator, images, fake.detach(), inputs["pooled"],
-                                                       inputs["image_embedding"], config.r1_weight, generator)
+            real, fake = self.discriminator.view(images, inputs["latents"]), self.discriminator.view(fake, x_theta)
+            with accelerator.autocast(), self.teacher_without_adapters():
+                d_loss, stats = self.discriminator.loss(real, fake, config.r1_weight, generator,
+                                                        **inputs["condition"])
             check_finite(d_loss, "discriminator", step, fix="lower the learning rates")
             self.discriminator_optimizer.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
@@ -352,18 +360,57 @@ class ADDTrainer:
             self.discriminator_optimizer.step()
 
         ema_update(self.ema.params, self.trainable.params, config.ema_decay)
-        return {"adversarial": adversarial.item(), "distillation": distill.item(), **stats}
+        health = self.health() if measure and config.adversarial_weight else {}
+        return {"adversarial": adversarial.item(), "distillation": distill.item(), **stats,
+                **{f"grad_{name}": value for name, value in norms.items()}, **health}
+
+    @torch.no_grad()
+    def health(self) -> dict[str, float]:
+        """The discriminator's verdicts on images it never trains on: a fixed batch of real images (shapes seed
+        ``held_out``; with a dataset, a fixed batch of it) against the student's current one-step fakes of
+        them (from pure noise at its first timestep).
+
+        ``held_out_accuracy``: the share of images whose score (:func:`addlib.discriminator.score`) has the
+        right sign, real above 0 and fakes below, 0.5 at chance; ``held_out_gap``: the mean real score minus the
+        mean fake score; ``hinge_at_chance``: the hinge loss of heads that say 0 to everything (2 per head).
+        Augmentation and re-noising are drawn from a fixed seed, so the figure moves only with the networks."""
+        if self.held_out is None:
+            images, captions = self.images(0, SEEDS["held_out"])
+            inputs = self.inputs(0, images, captions)
+            inputs["timesteps"] = torch.full_like(inputs["timesteps"], int(self.student_timesteps[0]))
+            self.held_out = inputs
+        inputs = self.held_out
+        teacher = self.teacher
+        noisy = add_noise(inputs["latents"], inputs["noise"], inputs["timesteps"],
+                          teacher.scheduler.alphas_cumprod.to(inputs["latents"].device))
+        with self.accelerator.autocast():
+            x_theta = denoise(self.student, teacher.scheduler, noisy, inputs["timesteps"], inputs["text"])[0]
+            fake = decode_latents(teacher, x_theta, self.decoder)
+        real_generator, fake_generator = paired_generators(torch.Generator().manual_seed(SEEDS["held_out"]))
+        self.discriminator.eval()  # spectral norm's power iteration stays as training left it
+        try:
+            with self.accelerator.autocast(), self.teacher_without_adapters():
+                real_score = score(self.discriminator(self.discriminator.view(inputs["images"], inputs["latents"]),
+                                                      **inputs["condition"], generator=real_generator)).float()
+                fake_score = score(self.discriminator(self.discriminator.view(fake, x_theta), **inputs["condition"],
+                                                      generator=fake_generator)).float()
+        finally:
+            self.discriminator.train()
+        accuracy = ((real_score > 0).float().mean() + (fake_score < 0).float().mean()) / 2
+        return {"held_out_accuracy": accuracy.item(), "held_out_gap": (real_score.mean() - fake_score.mean()).item(),
+                "hinge_at_chance": 2.0 * len(self.discriminator.heads)}
 
     def generator_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
-                       pooled: torch.Tensor, image_embedding: torch.Tensor, generator: torch.Generator) -> tuple:
+                       condition: dict, generator: torch.Generator) -> tuple:
         """ADD's generator objective for real latents z0 (B, 4, h, w), ``noise`` and student ``timesteps`` (B,):
         L = adversarial_weight * L_adv^G + distillation_weight * L_distill (Fig. 2; lambda = distillation_weight).
 
         The student sees x_s = alpha_s z0 + sigma_s eps and predicts x_theta in one step; L_distill judges
         x_theta decoded to pixels, and so does L_adv^G with ADD's discriminator, where LADD's reads the latents
-        x_theta themselves. ``text`` (B, L, D) conditions the UNets, ``pooled`` (B, D) and ``image_embedding``
-        (B, C) the heads. ``generator`` draws the fakes' augmentation (or re-noising) first, then L_distill's
-        teacher timesteps and noise. Returns ``(L, (L_adv^G, L_distill), x_theta, fake images)``.
+        x_theta themselves (``discriminator.view``). ``text`` (B, L, D) conditions the UNets, ``condition``
+        (``discriminator.condition``'s) the heads. ``generator`` draws the fakes' augmentation (or re-noising)
+        first, then L_distill's teacher timesteps and noise. Returns ``(L, (L_adv^G, L_distill), x_theta, fake
+        images)``.
         """
         config, teacher = self.config, self.teacher
         noisy = add_noise(latents, noise, timesteps, teacher.scheduler.alphas_cumprod.to(latents.device))
@@ -371,11 +418,9 @@ class ADDTrainer:
         fake = decode_latents(teacher, x_theta, self.decoder)
         adversarial = distill = torch.zeros((), device=latents.device)
         if config.adversarial_weight:
-            if config.discriminator == "ladd":
-                with self.teacher_without_adapters():
-                    logits = self.discriminator(x_theta, text, pooled, paired_generators(generator)[0])
-            else:
-                logits = self.discriminator(fake, pooled, image_embedding, paired_generators(generator)[0])
+            with self.teacher_without_adapters():
+                logits = self.discriminator(self.discriminator.view(fake, x_theta), **condition,
+                                            generator=paired_generators(generator)[0])
             adversarial = hinge_generator_loss(logits)
         if config.distillation_weight:
             with self.teacher_without_adapters():
@@ -414,7 +459,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
 
     progress = run.steps("step", config.steps, "ADD")
     for step in progress:
-        losses = trainer.step(step)
+        losses = trainer.step(step, measure=step % 10 == 0)
         run.state["step"] = step + 1
         if step % 10 == 0:
             run.state["log"].append({"step": step, **losses})
@@ -424,6 +469,41 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     checkpoint()
     if accelerator.is_main_process:
         export(trainer, run, out)
+
+
+def make_discriminator(config: Config, teacher) -> Discriminator:
+    """The discriminator ``config`` asks for, its heads conditioned on the teacher's pooled text embedding:
+    ADD's heads on a frozen feature network's view of the images, LADD's on the teacher UNet's own blocks, or
+    both as one :class:`~addlib.discriminator.JointDiscriminator`."""
+    text_dim = teacher.text_encoder.config.hidden_size  # of the pooled output
+    heads = dict(cmap_dim=config.head_width, verdict=config.discriminator_verdict)
+
+    def build(name: str) -> Discriminator:
+        if name == "ladd":
+            return LatentDiscriminator(teacher.unet, config.ladd_layers.split(","), text_dim,
+                                       teacher.scheduler.alphas_cumprod, t_mean=config.ladd_t_mean,
+                                       t_std=config.ladd_t_std, **heads)
+        layers = [int(v) for v in config.discriminator_layers.split(",")]
+        augment = tuple(p for p in config.augment.split(",") if p)
+        conditions = tuple(c for c in config.discriminator_conditioning.split(",") if c)
+        return ProjectedDiscriminator(feature_network(config.feature_network), layers, text_dim, augment=augment,
+                                      conditions=conditions, **heads)
+
+    parts = [build(name) for name in config.discriminator.split("+")]
+    return parts[0] if len(parts) == 1 else JointDiscriminator(parts)
+
+
+def gradient_norms(losses: dict[str, torch.Tensor], parameters: list[torch.Tensor]) -> dict[str, float]:
+    """The norm of the gradient that each (weighted) loss alone puts on ``parameters``, before clipping: their
+    ratio says which loss is training the student. The graph is kept for the backward pass of their sum."""
+    norms = {}
+    for name, loss in losses.items():
+        if not loss.requires_grad:  # a loss weighted 0 puts nothing on the student
+            norms[name] = 0.0
+            continue
+        gradients = torch.autograd.grad(loss, parameters, retain_graph=True, allow_unused=True)
+        norms[name] = math.sqrt(sum(g.float().pow(2).sum().item() for g in gradients if g is not None))
+    return norms
 
 
 def make_student(unet: torch.nn.Module, config: Config) -> torch.nn.Module:

@@ -51,3 +51,38 @@ def test_stream_bench_in_half_precision_keeps_the_streams_close_to_diffusers(cap
     out = capsys.readouterr().out
     assert "torch.bfloat16" in out
     assert "(target: half-precision tolerance, 0.03): yes" in out  # the stream casts as diffusers does
+
+
+def test_heads_bench_trains_fresh_discriminators_and_scores_held_out_pairs():
+    rows = bench.main(["heads", "--num-images", "8", "--held-out", "8", "--steps", "2",
+                       "--settings", "shipped", "ADD + LADD"])
+    assert [row["discriminator"] for row in rows] == ["shipped", "ADD + LADD"]
+    assert [row["hinge at chance"] for row in rows] == ["6", "12"]  # three heads each, six together
+    for row in rows:
+        assert 0 <= float(row["held-out accuracy"]) <= 1 and 0 <= float(row["real above its fake"]) <= 1
+
+
+def test_heads_bench_refuses_an_unknown_setting_naming_the_choices():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"unknown setting 'gamma 5'; choose from: shipped; gamma 0;"):
+        bench.main(["heads", "--settings", "gamma 5"])
+
+
+def test_health_bench_reads_the_logged_measurements_of_a_run(tmp_path):
+    import json
+
+    import pytest
+
+    from addlib.loading import STUDENT_DIR
+
+    log = [{"step": 10 * i, "hinge": 3.0, "hinge_at_chance": 6.0, "held_out_accuracy": 0.5 + 0.01 * i,
+            "grad_adversarial": 2.0, "grad_distillation": 4.0} for i in range(20)]
+    (tmp_path / "loss_log.json").write_text(json.dumps([{"step": 0, "hinge": 6.0}, *log]))
+    rows = bench.main(["health", str(tmp_path), str(STUDENT_DIR)])
+    assert rows[0] | {"run": ""} == {"run": "", "entries": 20, "accuracy, first tenth": "0.505",
+                                     "accuracy, second half": "0.645", "hinge / chance, second half": "0.500",
+                                     "gradient adversarial / distillation": "0.50"}
+    assert rows[1]["run"] == "student" and rows[1]["entries"] == 100  # every 10 of its 1,000 steps
+    with pytest.raises(ValueError, match="no loss_log.json in"):
+        bench.main(["health", str(tmp_path / "missing")])

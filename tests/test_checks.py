@@ -216,7 +216,7 @@ def test_r1_checker(capsys):
         checks.check_r1_penalty(lambda z, f: r1_right(z, f, create_graph=False))
 
 
-def generator_right(trainer, latents, noise, timesteps, text, pooled, image_embedding, generator,
+def generator_right(trainer, latents, noise, timesteps, text, condition, generator,
                     lam=None, adv=1.0, detach=False, noised=True, discriminator_hinge=False, guidance=3.0,
                     distill_first=False):
     from addlib.discriminator import hinge_generator_loss, paired_generators
@@ -235,7 +235,7 @@ def generator_right(trainer, latents, noise, timesteps, text, pooled, image_embe
                                  generator=generator)
 
     first = distill() if distill_first else None
-    logits = trainer.discriminator(judged, pooled, image_embedding, paired_generators(generator)[0])
+    logits = trainer.discriminator(judged, **condition, generator=paired_generators(generator)[0])
     adversarial = sum(torch.relu(1 + lg).mean() for lg in logits) if discriminator_hinge else hinge_generator_loss(logits)
     second = first if distill_first else distill()
     return adv * adversarial + (trainer.config.distillation_weight if lam is None else lam) * second
@@ -257,6 +257,8 @@ def test_generator_loss_checker(capsys):
                           (dict(distill_first=True), "the random draws come in another order")]:
         with pytest.raises(checks.CheckFailed, match=hint):
             checks.check_generator_loss(lambda *a: generator_right(*a, **mistake), trainer)
+    with pytest.raises(checks.CheckFailed, match="calls the library's own ADDTrainer.generator_loss"):
+        checks.check_generator_loss(lambda trainer, *a: trainer.generator_loss(*a), trainer)
 
 
 def renoise_right(x0, prev, noise, alphas_cumprod, last_is_x0=True):
@@ -407,3 +409,104 @@ def test_a_name_error_in_a_notebook_says_it_comes_from_a_cell_that_stopped(capsy
         assert "Traceback" not in err and not result.success
     finally:
         InteractiveShell.clear_instance()
+
+
+def discriminator_right(discriminator, real, fake, r1_weight, generator, detach=True, r1_on="features", swap=False,
+                        paired=True, r1=True, **condition):
+    from addlib.discriminator import paired_generators
+
+    real_generator, fake_generator = paired_generators(generator) if paired else (generator, generator)
+    real = real.detach().requires_grad_() if r1_on == "pixels" else real
+    features, context = discriminator.read(real, real_generator, **condition)
+    features = [f.detach().requires_grad_() for f in features] if r1_on == "features" else features
+    real_logits = discriminator.heads_logits(features, *context)
+    fake_logits = discriminator(fake.detach() if detach else fake, **condition, generator=fake_generator)
+    if swap:
+        real_logits, fake_logits = fake_logits, real_logits
+    hinge = sum(torch.relu(1 - lg).mean() for lg in real_logits) + sum(torch.relu(1 + lg).mean() for lg in fake_logits)
+    if not (r1 and r1_weight):
+        return hinge
+    verdicts = [lg.mean(dim=1).sum() for lg in (fake_logits if swap else real_logits)]
+    variables = {"features": features, "pixels": [real],
+                 "parameters": [p for p in discriminator.heads.parameters() if p.requires_grad]}[r1_on]
+    gradients = torch.autograd.grad(sum(verdicts), variables, create_graph=True)
+    if r1_on == "parameters":
+        return hinge + r1_weight * sum(g.pow(2).sum() for g in gradients)
+    return hinge + r1_weight * sum(g.pow(2).flatten(1).sum(1).mean() for g in gradients)
+
+
+@pytest.fixture(scope="module")
+def small_trainer():
+    from accelerate import Accelerator
+
+    from addlib.train_add import ADDTrainer, Config
+
+    return ADDTrainer(Config(batch_size=2), Accelerator())
+
+
+def test_discriminator_loss_checker(capsys, small_trainer):
+    checks.check_discriminator_loss(discriminator_right, small_trainer)
+    assert capsys.readouterr().out.strip() == "✓ discriminator_loss passes all 4 cases"
+    for mistake, hint in [(dict(detach=False), "the fakes reach the heads undetached"),
+                          (dict(r1_on="pixels"), "not on the pixels"),
+                          (dict(r1_on="parameters"), "not to the heads' parameters"),
+                          (dict(swap=True), "the wrong way round"),
+                          (dict(paired=False), "paired_generators"),
+                          (dict(r1=False), "R1 is missing")]:
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_discriminator_loss(lambda *a, **c: discriminator_right(*a, **mistake, **c), small_trainer)
+    with pytest.raises(checks.CheckFailed, match="calls the library's own Discriminator.loss"):
+        checks.check_discriminator_loss(lambda d, *a, **c: d.loss(*a, **c)[0], small_trainer)
+
+
+def train_step_right(trainer, step, order="generator first", together=False, clip=True, ema=True):
+    from addlib.runs import ema_update
+
+    config = trainer.config
+    inputs = trainer.inputs(step)
+    images, generator = inputs.pop("images"), inputs["generator"]
+
+    def discriminator_step(fake, extra=None):
+        trainer.discriminator.heads.requires_grad_(True)
+        d_loss = discriminator_right(trainer.discriminator, images, fake, config.r1_weight, generator,
+                                     **inputs["condition"])
+        trainer.discriminator_optimizer.zero_grad()
+        if extra is not None:
+            trainer.student_optimizer.zero_grad()
+            d_loss = d_loss + extra
+        d_loss.backward()
+        trainer.discriminator_optimizer.step()
+
+    if order == "discriminator first":
+        with torch.no_grad():
+            _, _, _, fake = trainer.generator_loss(**inputs)
+        discriminator_step(fake)
+    trainer.discriminator.heads.requires_grad_(together)
+    loss, _, _, fake = trainer.generator_loss(**inputs)
+    if together:
+        discriminator_step(fake, loss)
+    else:
+        trainer.student_optimizer.zero_grad()
+        loss.backward()
+    if clip:
+        torch.nn.utils.clip_grad_norm_(trainer.trainable.parameters(), config.grad_clip)
+    trainer.student_optimizer.step()
+    if order == "generator first" and not together:
+        discriminator_step(fake)
+    if ema:
+        ema_update(trainer.ema.params, trainer.trainable.params, config.ema_decay)
+
+
+def test_train_step_checker(capsys, small_trainer):
+    before = [p.clone() for p in small_trainer.trainable.parameters()]
+    checks.check_train_step(train_step_right, small_trainer)
+    assert capsys.readouterr().out.strip() == "✓ train_step passes all 2 cases"
+    assert all(torch.equal(a, b) for a, b in zip(before, small_trainer.trainable.parameters()))  # put back
+    for mistake, hint in [(dict(order="discriminator first"), "the discriminator's update comes second"),
+                          (dict(together=True), "one backward pass for both losses"),
+                          (dict(clip=False), "clipped before its step"),
+                          (dict(ema=False), "the EMA of the student's weights")]:
+        with pytest.raises(checks.CheckFailed, match=hint):
+            checks.check_train_step(lambda *a: train_step_right(*a, **mistake), small_trainer)
+    with pytest.raises(checks.CheckFailed, match="calls the library's own ADDTrainer.step"):
+        checks.check_train_step(lambda trainer, step: trainer.step(step), small_trainer)

@@ -8,7 +8,6 @@ from addlib.discriminator import (
     DINOv2Features,
     ProjectedDiscriminator,
     diff_augment,
-    discriminator_loss,
     hinge_discriminator_loss,
     hinge_generator_loss,
     load_dinov2,
@@ -60,8 +59,8 @@ def test_r1_trains_the_heads_not_the_feature_network():
     discriminator = small_discriminator()
     images = make_shapes(4, seed=0)[0]
     text, image = conditions(4, discriminator, images)
-    loss, stats = discriminator_loss(discriminator, images, images.flip(0), text, image, r1_weight=1.0,
-                                     generator=torch.Generator().manual_seed(0))
+    loss, stats = discriminator.loss(images, images.flip(0), r1_weight=1.0, generator=torch.Generator().manual_seed(0),
+                                     **discriminator.condition(images, None, text))
     loss.backward()
     assert stats["r1"] > 0
     assert all(p.grad is not None for p in discriminator.heads.parameters())

@@ -64,7 +64,8 @@ def test_the_discriminator_loss_trains_the_heads_alone_with_r1(teacher, batch):
     latents, tokens, pooled = batch
     disc = make(teacher)
     fake = latents.flip(0).clone().requires_grad_(True)
-    loss, stats = disc.loss(latents, fake, tokens, pooled, r1_weight=10.0, generator=torch.Generator().manual_seed(2))
+    loss, stats = disc.loss(latents, fake, r1_weight=10.0, generator=torch.Generator().manual_seed(2),
+                            **disc.condition(None, tokens, pooled))
     loss.backward()
     assert set(stats) == {"hinge", "r1", "real_score", "fake_score"} and stats["r1"] > 0
     assert fake.grad is None  # the fakes are detached: this loss trains the heads only

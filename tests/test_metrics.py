@@ -10,6 +10,7 @@ from addlib.metrics import (
     feature_statistics,
     frechet_distance,
     prompt_accuracy,
+    prompt_correct,
     real_images,
     shapes_fid,
 )
@@ -135,6 +136,17 @@ def test_prompt_accuracy_counts_each_attribute_over_the_prompts_that_name_it():
         "none of these": 0.0,
         "several shapes": 0.0,
     }
+
+
+def test_prompt_correct_marks_the_images_the_joint_accuracy_counts():
+    read = [[0, 0, 0, 0, 0], [1, 1, 1, 4, 1], [2, 2, 0, 1, 2], [0, 3, 1, 2, 3]]
+    prompts = ["a small red circle at the top left on a black background",
+               "a large green triangle in the center on a white background", "a blue triangle", "a small circle"]
+    correct = prompt_correct(images_reading(read), prompts, FakeClassifier())
+    assert correct.tolist() == [True, False, True, False]
+    beside_a_second = prompt_correct(images_reading([[0, 0, 0, 0, 0]] * 2, shapes=[1, 2]), ["a red circle"] * 2,
+                                     FakeClassifier())
+    assert beside_a_second.tolist() == [True, False]
 
 
 def test_prompt_accuracy_leaves_out_attributes_no_prompt_names():

@@ -220,3 +220,51 @@ def test_the_stable_diffusion_preset_is_the_papers_not_the_miniatures(tmp_path):
     config, *_ = parse_run_arguments(OneLineParser(), [], Config, tmp_path / "out", tmp_path / "run",
                                      train_add.PRESETS)
     assert config == miniature
+
+
+def test_gradient_norms_are_each_loss_alone_and_leave_the_graph_for_their_sum():
+    weight = torch.tensor([3.0, 4.0], requires_grad=True)
+    losses = {"first": (weight * torch.tensor([1.0, 0.0])).sum(), "second": 2 * weight.pow(2).sum() / 2,
+              "unweighted": 0 * torch.zeros(())}
+    norms = train_add.gradient_norms(losses, [weight])
+    assert norms == pytest.approx({"first": 1.0, "second": 2 * 5.0, "unweighted": 0.0})
+    sum(losses.values()).backward()  # the graph survived the measurement
+    torch.testing.assert_close(weight.grad, torch.tensor([1.0, 0.0]) + 2 * weight.detach())
+
+
+@pytest.mark.parametrize("which", ["add", "ladd", "add+ladd"])
+def test_measuring_health_logs_it_and_leaves_training_as_it_was(which):
+    trainers = [ADDTrainer(Config(batch_size=2, discriminator=which), Accelerator()) for _ in range(2)]
+    measured = trainers[0].step(0, measure=True)
+    plain = trainers[1].step(0)
+    for key in ("adversarial", "distillation", "hinge", "r1"):
+        assert measured[key] == plain[key]
+    for a, b in zip(trainers[0].modules().values(), trainers[1].modules().values()):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    heads = len(trainers[0].discriminator.heads)  # three per discriminator, each pair a single discriminator's
+    assert heads == 3 * len(which.split("+")) and measured["hinge_at_chance"] == 2.0 * heads
+    assert 0 <= measured["held_out_accuracy"] <= 1
+    assert measured["grad_adversarial"] > 0 and measured["grad_distillation"] > 0
+    assert not {"held_out_accuracy", "grad_adversarial"} & set(plain)
+
+
+def test_held_out_accuracy_reads_the_sign_of_each_images_score(monkeypatch):
+    trainer = ADDTrainer(Config(batch_size=4), Accelerator())
+    verdicts = iter([torch.tensor([1.0, 2.0, -1.0, 3.0]), torch.tensor([-1.0, -2.0, -3.0, 4.0])])  # real, fake
+    monkeypatch.setattr(train_add, "score", lambda logits: next(verdicts))
+    health = trainer.health()
+    assert health["held_out_accuracy"] == pytest.approx((3 / 4 + 3 / 4) / 2)
+    assert health["held_out_gap"] == pytest.approx(5 / 4 - (-2 / 4))
+
+
+def test_plot_health_draws_the_logged_measurements_and_refuses_a_log_without_them():
+    from addlib.plotting import plot_health
+
+    log = [{"step": 10 * i, "hinge": 6.0 - i, "hinge_at_chance": 6.0, "held_out_accuracy": 0.5 + 0.1 * i,
+            "grad_adversarial": 2.0, "grad_distillation": 1.0} for i in range(3)]
+    figure = plot_health({"run": [{"step": 5, "hinge": 6.0}, *log]}, smooth=1)
+    hinge, accuracy, ratio = (axis.lines[0].get_ydata().tolist() for axis in figure.axes)
+    assert hinge == pytest.approx([1.0, 5 / 6, 4 / 6]) and accuracy == pytest.approx([0.5, 0.6, 0.7])
+    assert ratio == [2.0, 2.0, 2.0]
+    with pytest.raises(ValueError, match="the log of 'old' holds no health measurements"):
+        plot_health({"old": [{"step": 0, "hinge": 6.0}]})

@@ -17,7 +17,12 @@ from addlib.checks.nb01_forward_process import check_add_noise, check_x0_from_ep
 from addlib.checks.nb02_sampling import check_ddim_step, check_classifier_free_guidance
 from addlib.checks.nb03_score_distillation import check_distillation_loss, check_sds_weight
 from addlib.checks.nb04_discriminator import check_hinge_discriminator_loss, check_r1_penalty
-from addlib.checks.nb05_add_training import check_generator_loss, check_renoise
+from addlib.checks.nb05_add_training import (
+    check_discriminator_loss,
+    check_generator_loss,
+    check_renoise,
+    check_train_step,
+)
 from addlib.checks.nb06_real_scale import check_lora_parameter_count, check_training_memory
 from addlib.checks.nb07_streaming import check_stream_batch_update, check_skip_probability
 from addlib.checks.nb08_ladd import check_logit_normal_timesteps, check_teacher_tokens
@@ -39,6 +44,8 @@ __all__ = [
     "check_hinge_discriminator_loss",
     "check_r1_penalty",
     "check_generator_loss",
+    "check_discriminator_loss",
+    "check_train_step",
     "check_renoise",
     "check_lora_parameter_count",
     "check_training_memory",

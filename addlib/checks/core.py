@@ -8,10 +8,12 @@ into this package.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from unittest.mock import patch
 
 import torch
 
@@ -94,20 +96,30 @@ def run_checks(
     mistakes: Sequence[Mistake] = (),
     atol: float = 1e-5,
     rtol: float = 1e-4,
+    forbidden: Sequence[tuple[object, str]] = (),
+    error_hints: Sequence[tuple[str, str]] = (),
 ) -> None:
-    """Run ``fn`` and ``reference`` on every case; print a pass line or raise :class:`CheckFailed`."""
+    """Run ``fn`` and ``reference`` on every case; print a pass line or raise :class:`CheckFailed`.
+
+    ``forbidden`` lists ``(owner, attribute)`` pairs, the library's own answer to the exercise: while ``fn``
+    runs each of them refuses to be called, so an answer that merely delegates to it fails with that said.
+    ``error_hints`` pairs a fragment of an error message with the mistake that raises it."""
     for number, case in enumerate(cases, start=1):
         where = f"case {number} of {len(cases)}: {case.description}"
         expected = reference(*case.args, **case.kwargs)
         try:
             # Clones, so a learner's in-place edit cannot change what the reference or later cases see.
-            got = fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in case.args], **case.kwargs)
+            with _refusing(name, forbidden):
+                got = fn(*[a.clone() if isinstance(a, torch.Tensor) else a for a in case.args], **case.kwargs)
+        except CheckFailed:
+            raise
         except NotImplementedError:
             raise CheckFailed(f"{name} is not implemented yet: replace `raise NotImplementedError()` with your code.") from None
         except Exception as error:  # the learner's code failed: say where, keep the type and message
             message = f"{name} raised {type(error).__name__} on {where}\n  {error}"
-            if "must match the size" in str(error):
-                message += f"\n  hint: {BROADCAST_HINT}"
+            for fragment, hint in (("must match the size", BROADCAST_HINT), *error_hints):
+                if fragment in str(error):
+                    message += f"\n  hint: {hint}"
             raise CheckFailed(message) from None
         problem = _difference(got, expected, atol, rtol)
         if problem is None:
@@ -125,6 +137,22 @@ def run_checks(
     print(f"✓ {name} passes all {len(cases)} cases")
 
 
+@contextlib.contextmanager
+def _refusing(name: str, forbidden: Sequence[tuple[object, str]]):
+    """Each ``(owner, attribute)`` replaced, meanwhile, by a function that fails with a message naming it."""
+    def refusal(label: str) -> Callable:
+        def refuse(*args, **kwargs):
+            raise CheckFailed(f"{name} calls the library's own {label}, which is the answer itself: write it from "
+                              f"the pieces the exercise names.")
+        return refuse
+
+    with contextlib.ExitStack() as stack:
+        for owner, attribute in forbidden:
+            label = f"{getattr(owner, '__name__', type(owner).__name__)}.{attribute}"
+            stack.enter_context(patch.object(owner, attribute, refusal(label)))
+        yield
+
+
 def _matching_mistake(fn: Callable, cases: Sequence[Case], mistakes: Sequence[Mistake], atol: float,
                       rtol: float) -> str | None:
     """The hint of the mistake that reproduces ``fn`` on every case: one case alone can fit two mistakes."""
@@ -133,9 +161,12 @@ def _matching_mistake(fn: Callable, cases: Sequence[Case], mistakes: Sequence[Mi
     except Exception:  # a learner's function that fails on some case matches no clean mistake
         return None
     for mistake in mistakes:
-        if all(_difference(got, mistake.wrong(*c.args, **c.kwargs), atol, rtol) is None
-               for got, c in zip(answers, cases)):
-            return mistake.hint
+        try:
+            if all(_difference(got, mistake.wrong(*c.args, **c.kwargs), atol, rtol) is None
+                   for got, c in zip(answers, cases)):
+                return mistake.hint
+        except Exception:  # a mistake this machine cannot even compute (error_hints name it instead)
+            continue
     return None
 
 
