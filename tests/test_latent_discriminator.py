@@ -101,7 +101,7 @@ def test_bad_input_is_one_line_naming_the_choices(teacher):
         make(teacher, t_std=0.0)
     with pytest.raises(ValueError, match=r"mean m must be a finite number .*got nan$"):
         make(teacher, t_mean=float("nan"))
-    with pytest.raises(ValueError, match=r"^unknown discriminator 'gan'; choose one of add, ladd$"):
+    with pytest.raises(ValueError, match=r"^unknown discriminator 'gan'; choose one of add, ladd, add\+ladd$"):
         Config(discriminator="gan").check()
     with pytest.raises(ValueError, match=r"ladd_t_std \(--ladd-t-std\) must be at least 0, got -1.0$"):
         Config(discriminator="ladd", ladd_t_std=-1.0).check()
