@@ -290,14 +290,14 @@ def bench_health(args: argparse.Namespace) -> list[dict]:
     import json
     import statistics
 
+    from addlib.runs import health_entries
+
     rows = []
     for folder in args.runs:
         path = Path(folder) / "loss_log.json"
         if not path.exists():
             raise ValueError(f"no loss_log.json in {folder}; give the output folder of a train_add run")
-        log = [entry for entry in json.loads(path.read_text()) if "held_out_accuracy" in entry]
-        if not log:
-            raise ValueError(f"{path} holds no health measurements; it was written before the trainer took them")
+        log = health_entries(json.loads(path.read_text()), str(path))
         first, second = log[:max(1, len(log) // 10)], log[len(log) // 2:]
         ratio = statistics.median(e["grad_adversarial"] / max(e["grad_distillation"], 1e-12) for e in log)
         rows.append({"run": Path(folder).name, "entries": len(log),

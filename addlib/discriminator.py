@@ -348,6 +348,15 @@ def score(logits: list[torch.Tensor]) -> torch.Tensor:
     return sum(head_logits.mean(dim=1) for head_logits in logits)
 
 
+def verdicts(real_score: torch.Tensor, fake_score: torch.Tensor) -> dict[str, float]:
+    """How well scores (B,) of real images and of fakes tell them apart: ``held_out_accuracy``, the share whose
+    score has the right sign (real above 0, fake below; 0.5 at chance), and ``held_out_gap``, the mean real score
+    minus the mean fake score."""
+    real_score, fake_score = real_score.float(), fake_score.float()
+    accuracy = ((real_score > 0).float().mean() + (fake_score < 0).float().mean()) / 2
+    return {"held_out_accuracy": accuracy.item(), "held_out_gap": (real_score.mean() - fake_score.mean()).item()}
+
+
 def hinge_discriminator_loss(real_logits: list[torch.Tensor], fake_logits: list[torch.Tensor],
                              verdict: str = "tokens") -> torch.Tensor:
     """E[sum_k max(0, 1 - D_k(real))] + E[sum_k max(0, 1 + D_k(fake))], averaged over tokens and images.

@@ -61,15 +61,14 @@ def plot_health(runs: dict[str, list[dict]], title: str = "", smooth: int = 5):
     a batch of held-out images is small. Returns the figure."""
     figure, axes = plt.subplots(1, 3, figsize=(9, 2.4))
 
+    from addlib.runs import health_entries
+
     def running_mean(values: list[float]) -> list[float]:
-        return [sum(values[max(0, i - smooth + 1):i + 1]) / len(values[max(0, i - smooth + 1):i + 1])
-                for i in range(len(values))]
+        windows = [values[max(0, i - smooth + 1):i + 1] for i in range(len(values))]
+        return [sum(window) / len(window) for window in windows]
 
     for name, log in runs.items():
-        measured = [entry for entry in log if "held_out_accuracy" in entry]
-        if not measured:
-            raise ValueError(f"the log of {name!r} holds no health measurements (held_out_accuracy); it was "
-                             f"written before the trainer measured them: train it again")
+        measured = health_entries(log, name)
         steps = [entry["step"] for entry in measured]
         line, = axes[0].plot(steps, running_mean([e["hinge"] / e["hinge_at_chance"] for e in measured]), lw=1,
                              label=name)

@@ -132,7 +132,7 @@ def heads_probe(discriminator, optimizer, train: Pool, held_out: Pool, r1_weight
     the evaluator reads wrong against those it reads right (the chance that a right fake scores above a wrong
     one: 0.5 when the heads cannot see what is wrong); and the training hinge over the last fifth of the steps
     beside its chance value (heads that say 0 to everything)."""
-    from addlib.discriminator import paired_generators, score
+    from addlib.discriminator import paired_generators, score, verdicts
 
     generator = torch.Generator().manual_seed(seed)
     condition = lambda pool: discriminator.condition(pool.images, pool.text, pool.pooled)  # noqa: E731
@@ -156,7 +156,6 @@ def heads_probe(discriminator, optimizer, train: Pool, held_out: Pool, r1_weight
         fake = score(discriminator(fake_view, **kwargs, generator=fake_generator))
     tail = hinges[-max(1, steps // 5):]
     right, wrong = fake[held_out.fake_right], fake[~held_out.fake_right]
-    return {"held_out_accuracy": ((real > 0).float().mean() + (fake < 0).float().mean()).item() / 2,
-            "pairs": (real > fake).float().mean().item(), "held_out_gap": (real.mean() - fake.mean()).item(),
+    return {**verdicts(real, fake), "pairs": (real > fake).float().mean().item(),
             "right_above_wrong": (right[:, None] > wrong[None, :]).float().mean().item(),
             "train_hinge": sum(tail) / len(tail), "hinge_at_chance": 2.0 * len(discriminator.heads)}

@@ -71,6 +71,16 @@ def check_finite(loss: torch.Tensor, what: str, step: int, where: str = "the las
                                  f"with --resume")
 
 
+def health_entries(log: list[dict], name: str) -> list[dict]:
+    """The entries of a loss log that hold the ADD trainer's health measurements (``ADDTrainer.health``);
+    refused, in one line, for a log written before the trainer took them."""
+    measured = [entry for entry in log if "held_out_accuracy" in entry]
+    if not measured:
+        raise ValueError(f"the log of {name!r} holds no health measurements (held_out_accuracy): it was written "
+                         f"before the trainer took them; train it again")
+    return measured
+
+
 class TrainableParameters(torch.nn.Module):
     """The trainable parameters of ``model`` as a module of their own: what a checkpoint must hold (a LoRA
     student's adapters, not its frozen base) and what the EMA averages. The tensors are ``model``'s own, so

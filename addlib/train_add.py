@@ -69,6 +69,7 @@ from addlib.discriminator import (
     hinge_generator_loss,
     paired_generators,
     score,
+    verdicts,
 )
 from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
 from addlib.errors import OneLineParser, check_config, run_command
@@ -370,9 +371,8 @@ class ADDTrainer:
         ``held_out``; with a dataset, a fixed batch of it) against the student's current one-step fakes of
         them (from pure noise at its first timestep).
 
-        ``held_out_accuracy``: the share of images whose score (:func:`addlib.discriminator.score`) has the
-        right sign, real above 0 and fakes below, 0.5 at chance; ``held_out_gap``: the mean real score minus the
-        mean fake score; ``hinge_at_chance``: the hinge loss of heads that say 0 to everything (2 per head).
+        ``held_out_accuracy`` and ``held_out_gap`` read their scores (:func:`addlib.discriminator.verdicts`);
+        ``hinge_at_chance`` is the hinge loss of heads that say 0 to everything (2 per head).
         Augmentation and re-noising are drawn from a fixed seed, so the figure moves only with the networks."""
         if self.held_out is None:
             images, captions = self.images(0, SEEDS["held_out"])
@@ -391,14 +391,12 @@ class ADDTrainer:
         try:
             with self.accelerator.autocast(), self.teacher_without_adapters():
                 real_score = score(self.discriminator(self.discriminator.view(inputs["images"], inputs["latents"]),
-                                                      **inputs["condition"], generator=real_generator)).float()
+                                                      **inputs["condition"], generator=real_generator))
                 fake_score = score(self.discriminator(self.discriminator.view(fake, x_theta), **inputs["condition"],
-                                                      generator=fake_generator)).float()
+                                                      generator=fake_generator))
         finally:
             self.discriminator.train()
-        accuracy = ((real_score > 0).float().mean() + (fake_score < 0).float().mean()) / 2
-        return {"held_out_accuracy": accuracy.item(), "held_out_gap": (real_score.mean() - fake_score.mean()).item(),
-                "hinge_at_chance": 2.0 * len(self.discriminator.heads)}
+        return {**verdicts(real_score, fake_score), "hinge_at_chance": 2.0 * len(self.discriminator.heads)}
 
     def generator_loss(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, text: torch.Tensor,
                        condition: dict, generator: torch.Generator) -> tuple:
