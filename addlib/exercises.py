@@ -46,6 +46,10 @@ def repository_url(root: Path = REPO_ROOT) -> str:
         return tomllib.load(f)["project"]["urls"]["Repository"].rstrip("/")
 
 
+# The extras of pyproject.toml a notebook needs beyond the course itself, installed by its set-up cell (Colab
+# has torchvision but not torch-fidelity). Locally the README's install decides, and the notebook says what it skips.
+NOTEBOOK_EXTRAS = {"06_add_on_stable_diffusion": ("fid",)}
+
 SETUP_CELL = """
 {marker}: in Colab (or anywhere addlib is missing) this fetches the course into ./{folder}
 # and installs it. Locally, with the course installed as the README says, it does nothing.
@@ -59,23 +63,33 @@ if importlib.util.find_spec("addlib") is None:
     before = {{d.name: d.version for d in metadata.distributions()}}
     if not course.exists():
         run(f"fetching the course from {{url}}", "git", "clone", "-q", "--depth", "1", url, str(course))
-    run("installing the course", sys.executable, "-m", "pip", "install", "-q", "-e", str(course))
+    run("installing the course", sys.executable, "-m", "pip", "install", "-q", "-e", f"{{course}}{extras}")
     sys.path.insert(0, str(course))
     changed = sorted({{d.name for d in metadata.distributions() if before.get(d.name, d.version) != d.version}})
-    print(f"Restart the runtime (Colab: Runtime > Restart session) and run the notebook from the top: the install "
-          f"changed {{', '.join(changed)}}." if changed else "The course is installed.")
+    if changed:  # an exception, so that Run all stops here rather than go on with the old modules
+        raise SystemExit(f"Restart the runtime (Colab: Runtime > Restart session) and run the notebook from the "
+                         f"top: the install changed {{', '.join(changed)}}.")
+    print("The course is installed.")
 """
 
 
-def setup_cell_source(url: str) -> str:
+def setup_cell_source(url: str, extras: tuple[str, ...] = ()) -> str:
     """The first code cell of every notebook: in Colab (or any server without addlib) it fetches the course into
-    ./<repository name> and installs it; where addlib is installed it does nothing.
+    ./<repository name> and installs it with ``extras`` (names of pyproject.toml's optional dependencies); where
+    addlib is installed it does nothing.
 
     Plain Python, no ``!`` or ``%`` magics: a failed clone or install stops the cell with one sentence naming
     the step and the tool's last words, instead of a ``ModuleNotFoundError`` further down. An install that
-    changed packages the runtime had already (Colab's own ipywidgets, say) says to restart the runtime."""
+    changed packages the runtime had already (Colab's own ipywidgets, say) stops the cell too, with one sentence
+    saying to restart the runtime."""
+    with open(REPO_ROOT / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["optional-dependencies"]
+    unknown = [extra for extra in extras if extra not in declared]
+    if unknown:
+        raise ValueError(f"unknown extra {unknown[0]!r}; pyproject.toml declares {', '.join(declared)}")
     folder = url.rsplit("/", 1)[-1]
-    return SETUP_CELL.format(marker=SETUP_MARKER, url=url, folder=folder).strip()
+    return SETUP_CELL.format(marker=SETUP_MARKER, url=url, folder=folder,
+                             extras=f"[{','.join(extras)}]" if extras else "").strip()
 
 
 def strip_solution(source: str, stub: list[str]) -> str:
@@ -120,7 +134,8 @@ def exercise_notebook(solution: nbformat.NotebookNode, name: str = "notebook") -
     return nb
 
 
-def _colab_url(url: str, path: str) -> str:
+def colab_url(url: str, path: str) -> str:
+    """The address that opens ``path`` of the repository at ``url`` in Colab."""
     return url.replace("https://github.com/", "https://colab.research.google.com/github/") + f"/blob/main/{path}"
 
 
@@ -130,7 +145,7 @@ def readme_table(url: str, root: Path = REPO_ROOT) -> str:
     for path in sorted((root / "solutions").glob("[0-9][0-9]_*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         title, summary = _title_and_summary(nb, path.name)
-        badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({_colab_url(url, f'notebooks/{path.name}')})"
+        badge = f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({colab_url(url, f'notebooks/{path.name}')})"
         rows.append(f"| {path.name[:2]} | [{title}](notebooks/{path.name}) ([solution](solutions/{path.name})) | {summary} | {badge} |")
     return "\n".join(rows)
 
@@ -164,9 +179,9 @@ def _write_if_changed(path: Path, text: str, check: bool, stale: list[str]) -> N
 def sync(root: Path = REPO_ROOT, check: bool = False) -> list[str]:
     """Regenerate (or with ``check``, only compare) everything derived from ``solutions/``; returns stale paths."""
     url, stale = repository_url(root), []
-    setup = setup_cell_source(url)
     solutions = sorted((root / "solutions").glob("[0-9][0-9]_*.ipynb"))
     for path in solutions:
+        setup = setup_cell_source(url, NOTEBOOK_EXTRAS.get(path.stem, ()))
         solution = _with_setup_cell(nbformat.read(path, as_version=4), setup, path.name)
         _write_if_changed(path, nbformat.writes(solution) + "\n", check, stale)
         learner = exercise_notebook(solution, path.name)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -99,7 +99,8 @@ def from_folder_or_hub(load, path: str | Path, what: str, marker: str, rebuild: 
     elif not _is_hub_id(path):
         raise FileNotFoundError(f"no {what} folder at {path}; check the path, or {_rebuild_hint(folder, rebuild)}")
     try:
-        with _no_loading_bars():
+        # A download from the hub keeps its progress bars: gigabytes without them look like a hung cell.
+        with _no_loading_bars() if folder.exists() else nullcontext():
             return load(path)
     except (OSError, ValueError, SafetensorError) as error:  # huggingface_hub's errors are OSError or ValueError
         if folder.exists():

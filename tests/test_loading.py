@@ -102,3 +102,13 @@ def test_pipeline_available_checks_a_folder_or_the_hub_without_loading(tmp_path)
     assert pipeline_available(TEACHER_DIR)
     assert not pipeline_available(tmp_path)  # a folder, but no pipeline in it
     assert not pipeline_available("nota-ai/bk-sdm-tiny")  # the tests run offline (conftest)
+
+
+def test_a_download_shows_its_progress_and_a_local_load_does_not(tmp_path):
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    (tmp_path / "model_index.json").write_text("{}")
+    bars_hidden = lambda path: are_progress_bars_disabled()  # noqa: E731 (the load stands in for from_pretrained)
+    assert loading.from_folder_or_hub(bars_hidden, tmp_path, "pipeline", "model_index.json", "", "")
+    assert not loading.from_folder_or_hub(bars_hidden, "some-org/some-model", "pipeline", "model_index.json", "", "")
+    assert not are_progress_bars_disabled(), "the bars are on again after a local load"
