@@ -74,7 +74,8 @@ def test_learner_notebooks_are_in_step_with_solutions():
 def test_solution_notebook_structure(path):
     nb = nbformat.read(path, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    assert code[0].source == exercises.setup_cell_source(exercises.repository_url(ROOT))
+    extras = exercises.NOTEBOOK_EXTRAS.get(path.stem, ())
+    assert code[0].source == exercises.setup_cell_source(exercises.repository_url(ROOT), extras)
     solutions = [c for c in code if c.metadata.get("nbgrader", {}).get("solution")]
     assert len(solutions) >= 2, "each notebook has at least two exercises"
     ids = [c.metadata["nbgrader"]["grade_id"] for c in code if "nbgrader" in c.metadata]
@@ -85,6 +86,43 @@ def test_solution_notebook_structure(path):
         assert following.metadata["nbgrader"]["grade"] is True
     size = path.stat().st_size
     assert size < 400_000, f"{path.name} is {size // 1000} kB; keep figures small"
+
+
+# A figure the text quotes (two decimals or more) must be one the notebook prints, or a constant its code sets;
+# one it quotes from docs/benchmarks.md must stand there, and the cell must say so. Re-executing a notebook
+# then cannot leave its text behind. Figures from elsewhere, each with where it comes from:
+QUOTED_ELSEWHERE = {
+    ("01_forward_process", "0.0047"): "Stable Diffusion's alphas_cumprod[999], drawn in the schedule figure",
+}
+FIGURE = re.compile(r"(?<![\w.:/])(\d+\.\d{2,})(?![\w.]*\d)")
+
+
+def _figures(text: str) -> set[str]:
+    """Every decimal in ``text``, and each rounded to fewer places: 0.875 is quoted as 0.88 or 0.9."""
+    found = set()
+    for number in re.findall(r"\d+\.\d+", text):
+        places = len(number.split(".")[1])
+        found.update(f"{float(number):.{k}f}" for k in range(1, places + 1))
+    return found
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.name)
+def test_figures_in_the_text_are_the_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "code")
+    outputs = "\n".join(str(output.get("text", "")) + str(output.get("data", {}).get("text/plain", ""))
+                        for cell in nb.cells if cell.cell_type == "code" for output in cell.outputs)
+    printed, docs = _figures(outputs + code), _figures((ROOT / "docs" / "benchmarks.md").read_text())
+    wrong = []
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "markdown":
+            continue
+        cites_docs = "docs/benchmarks.md" in cell.source
+        for figure in FIGURE.findall(cell.source):
+            if figure in printed or (cites_docs and figure in docs) or (path.stem, figure) in QUOTED_ELSEWHERE:
+                continue
+            wrong.append(f"cell {index}: {figure}" + ("" if cites_docs else " (nor does the cell cite docs/benchmarks.md)"))
+    assert not wrong, f"{path.name} quotes figures that no output prints: {'; '.join(wrong)}"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.name)
