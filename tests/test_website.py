@@ -1,6 +1,7 @@
 """The course as a website: build it as README.md says, serve it on localhost and read every page in a real
-headless Chromium, as a learner's browser would: figures load, math is typeset, tables are tables, and every
-link inside the site leads somewhere.
+headless Chromium, as a learner's browser would: figures load, math is typeset, tables are tables, every
+link inside the site leads somewhere, nothing makes a page scroll sideways, and the notebooks read as a
+learner's: links to Colab and to the exercise notebook, and none of the lines written for the tools.
 
 Needs Chromium and its driver (Debian: `apt-get install chromium chromium-driver`); without them the test is
 skipped, except under CI (the CI variable set), where it fails.
@@ -30,12 +31,17 @@ SITE_COMMAND = f'python3 -m pip install -e ".[site]" && {BUILD}'
 NOTEBOOKS = sorted((ROOT / "solutions").glob("*.ipynb"))
 # The README's Colab badges are pictures hosted by Colab: the one thing a page may load from elsewhere.
 EXTERNAL_ALLOWED = ("https://colab.research.google.com/assets/colab-badge.svg",)
+WINDOW_WIDTH = 1280  # a laptop's browser window: no page may scroll sideways in it
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1280,1024"]
+                  f"--window-size={WINDOW_WIDTH},1024"]
 # A Markdown table's second line: one per table.
 TABLE_RULE = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)+\|?\s*$", re.M)
 MATH = re.compile(r"\$[^$]+\$")
+# Lines the notebooks carry for nbgrader, nbval and papermill, which the site leaves out of the code it shows.
+TOOL_MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "NBVAL_CHECK_OUTPUT", "Papermill")
+WIDGET = "application/vnd.jupyter.widget-view+json"
+WIDGET_NOTE = "An interactive widget: run the notebook to use it."  # docs/conf.py's, where a widget was
 
 
 def _require(condition, reason):
@@ -112,8 +118,27 @@ Promise.all([math, ...images]).then(() => {
   const main = document.querySelector('[role=main]') || document.body;
   const text = main.cloneNode(true);
   text.querySelectorAll('pre, code, script, style, mjx-container').forEach(e => e.remove());
+  const root = document.documentElement, firstCell = main.querySelector('div.cell');
+  const wider = e => e.getBoundingClientRect().right > root.clientWidth;
+  const aboveCode = e => !firstCell || e.compareDocumentPosition(firstCell) & Node.DOCUMENT_POSITION_FOLLOWING;
   done(JSON.stringify({
     images: [...document.images].map(i => ({src: i.src, width: i.naturalWidth})),
+    window: window.innerWidth,
+    scrollWidth: root.scrollWidth,
+    clientWidth: root.clientWidth,
+    // the outermost elements that reach past the window's right edge: what makes the page scroll sideways
+    overflowing: [...document.body.querySelectorAll('*')].filter(e => wider(e) && !wider(e.parentElement))
+                   .map(e => `<${e.tagName.toLowerCase()} class="${e.className}">`),
+    code: [...main.querySelectorAll('pre')].map(p => ({
+      text: p.textContent,
+      collapsed: Boolean(p.closest('details:not([open])')),
+      scrolls: p.scrollWidth > p.clientWidth,
+      printedTable: Boolean(p.closest('.tag_printed-table .cell_output')),
+    })),
+    emptyOutputs: [...main.querySelectorAll('.cell_output > *')]
+                    .filter(e => !e.textContent.trim() && !(e.matches('img') || e.querySelector('img'))).length,
+    widgetViews: main.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length,
+    linksAboveCode: [...main.querySelectorAll('a[href]')].filter(aboveCode).map(a => a.href),
     mathjax: Boolean(window.MathJax && MathJax.startup),
     math: [...main.querySelectorAll('.math')].map(e => ({typeset: Boolean(e.querySelector('mjx-container')),
                                                          text: e.textContent.slice(0, 80)})),
@@ -170,10 +195,13 @@ def _markdown(notebook):
                      if cell.cell_type == "markdown")
 
 
-def _image_outputs(notebook):
+def _outputs(notebook):
     cells = nbformat.read(notebook, as_version=4).cells
-    return sum(any(key.startswith("image/") for key in output.get("data", {}))
-               for cell in cells if cell.cell_type == "code" for output in cell.outputs)
+    return [output for cell in cells if cell.cell_type == "code" for output in cell.outputs]
+
+
+def _image_outputs(notebook):
+    return sum(any(key.startswith("image/") for key in output.get("data", {})) for output in _outputs(notebook))
 
 
 def test_readme_gives_the_command_that_builds_the_site():
@@ -201,6 +229,58 @@ def test_every_notebook_page_renders(pages):
         if MATH.search(markdown):
             assert page["mathjax"], f"{path}: MathJax did not start (is _static/mathjax/tex-chtml.js there?)"
             assert page["math"], f"{path}: {notebook.name} has $...$ math but the page has none"
+
+
+def test_no_page_scrolls_sideways(pages):
+    """Code and printed output wrap; a table wider than the column, and a printed one (whose rows would lose
+    their columns if they wrapped), scroll in their own boxes."""
+    for path, page in pages.items():
+        assert page["window"] == WINDOW_WIDTH, f"{path}: read in a window {page['window']} px wide"
+        assert page["scrollWidth"] <= page["clientWidth"], (
+            f"{path}: scrolls sideways, {page['scrollWidth']} px wide in a {page['clientWidth']} px window; "
+            f"reaching past its edge: {page['overflowing'][:5]}")
+        unwrapped = [code["text"][:80] for code in page["code"] if code["scrolls"] and not code["printedTable"]]
+        assert not unwrapped, f"{path}: code that runs past its box instead of wrapping: {unwrapped[:3]}"
+
+
+def test_every_notebook_page_links_to_colab_and_to_its_exercise_notebook(pages, server):
+    """Above the first cell: the README table's Colab link, and a download of the exercise notebook."""
+    readme = (ROOT / "README.md").read_text()
+    for notebook in NOTEBOOKS:
+        path, links = _page(notebook), pages[_page(notebook)]["linksAboveCode"]
+        colab = re.search(rf"\((https://colab\.research\.google\.com/[^()\s]+/notebooks/{notebook.name})\)", readme)
+        assert colab, f"README.md has no Colab link to notebooks/{notebook.name}"
+        assert colab[1] in links, f"{path}: no link to {colab[1]} above the first cell"
+        downloads = [target for target in (_local(server, link) for link in links)
+                     if target and target.startswith("_downloads/") and target.endswith(f"/{notebook.name}")]
+        assert downloads, f"{path}: no download of notebooks/{notebook.name} above the first cell"
+        with urlopen(server + downloads[0]) as response:
+            exercise = (ROOT / "notebooks" / notebook.name).read_bytes()
+            assert response.read() == exercise, f"{path}: {downloads[0]} is not notebooks/{notebook.name}"
+
+
+def test_the_code_shown_is_the_learners(pages):
+    """No line written for nbgrader, nbval or papermill in the code any page shows, and every notebook's
+    set-up cell collapsed."""
+    for path, page in pages.items():
+        for code in page["code"]:
+            markers = [marker for marker in TOOL_MARKERS if marker in code["text"]]
+            assert not markers, f"{path}: code shows {markers}: {code['text'][:200]!r}"
+    for notebook in NOTEBOOKS:
+        setup = [code for code in pages[_page(notebook)]["code"] if code["text"].startswith("# Set-up")]
+        assert setup and all(code["collapsed"] for code in setup), f"{_page(notebook)}: no collapsed set-up cell"
+
+
+def test_no_empty_output_and_a_sentence_where_a_widget_was(pages):
+    """A widget's state is not stored in the notebook, so the page says what was there instead of leaving a
+    blank; an output that is only a line break (a progress bar's last) is no box of its own."""
+    for notebook in NOTEBOOKS:
+        path, page = _page(notebook), pages[_page(notebook)]
+        assert not page["emptyOutputs"], f"{path}: {page['emptyOutputs']} empty output boxes"
+        widgets = sum(WIDGET in output.get("data", {}) for output in _outputs(notebook))
+        notes = page["text"].count(WIDGET_NOTE)
+        assert not page["widgetViews"], f"{path}: {page['widgetViews']} widgets left blank"
+        assert notes == widgets, f"{path}: says {WIDGET_NOTE!r} {notes} times; {notebook.name} has {widgets} widgets"
 
 
 def test_every_page_loads_its_images_math_and_nothing_from_elsewhere(pages, server):
