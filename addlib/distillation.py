@@ -31,6 +31,7 @@ from __future__ import annotations
 import torch
 
 from addlib.forward_process import add_noise, per_sample, predict_x0_and_epsilon
+from addlib.loading import model_device, to_model
 from addlib.sampling import classifier_free_guidance, guidance_batch
 
 WEIGHTINGS = ("exponential", "sds", "nfsd")
@@ -58,10 +59,12 @@ def sample_teacher_timesteps(batch_size: int, generator: torch.Generator | None 
 def denoise(unet, scheduler, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
             ) -> tuple[torch.Tensor, torch.Tensor]:
     """(x0, epsilon) that ``unet`` predicts from ``noisy`` latents at ``timesteps``: the teacher's target and
-    the student's one-step sample both come from here, read with ``scheduler``'s schedule and prediction type."""
-    output = unet(noisy, timesteps, encoder_hidden_states=embeddings).sample
-    return predict_x0_and_epsilon(output, noisy, timesteps, scheduler.alphas_cumprod.to(noisy.device),
-                                  scheduler.config.prediction_type)
+    the student's one-step sample both come from here, read with ``scheduler``'s schedule and prediction type.
+    The inputs go to ``unet``'s device and dtype, and so do the results."""
+    noisy = to_model(noisy, unet)
+    output = unet(noisy, to_model(timesteps, unet), encoder_hidden_states=to_model(embeddings, unet)).sample
+    # The schedule stays on the CPU: per_sample checks the timesteps' range there, then moves the coefficients.
+    return predict_x0_and_epsilon(output, noisy, timesteps, scheduler.alphas_cumprod, scheduler.config.prediction_type)
 
 
 @torch.no_grad()
@@ -81,10 +84,11 @@ def teacher_target(
     ``teacher`` is a diffusers pipeline (its ``unet`` and ``scheduler`` are used). ``prompt_embeds`` (B, L, D)
     condition the teacher; ``uncond_embeds`` (1 or B, L, D), the empty prompt's, are needed for guidance
     (``guidance_scale != 1``) and for NFSD, which also takes ``negative_embeds`` (unconditional if not given).
+    The inputs may be on any device: the target comes back on the teacher's.
     """
-    alphas_cumprod = teacher.scheduler.alphas_cumprod.to(student_latents.device)
-    x = student_latents.detach()
-    noisy = add_noise(x, noise, timesteps, alphas_cumprod)
+    alphas_cumprod = teacher.scheduler.alphas_cumprod
+    x = to_model(student_latents.detach(), teacher.unet)
+    noisy = add_noise(x, to_model(noise, teacher.unet), timesteps, alphas_cumprod)
     needs_uncond = guidance_scale != 1.0 or weighting == "nfsd"
     if needs_uncond and uncond_embeds is None:
         raise ValueError(f"guidance_scale={guidance_scale} with weighting {weighting!r} needs uncond_embeds, "
@@ -93,14 +97,14 @@ def teacher_target(
     if not needs_uncond:
         return denoise(teacher.unet, teacher.scheduler, noisy, timesteps, prompt_embeds)[0]
     extra = [] if weighting != "nfsd" or negative_embeds is None else [negative_embeds]
+    embeddings = [to_model(e, teacher.unet) for e in (uncond_embeds, prompt_embeds, *extra)]
     # One UNet call for the unconditional, conditional (and negative) predictions, as the sampler does.
-    x0s, epsilons = denoise(teacher.unet, teacher.scheduler,
-                            *guidance_batch(noisy, timesteps, uncond_embeds, prompt_embeds, *extra))
+    x0s, epsilons = denoise(teacher.unet, teacher.scheduler, *guidance_batch(noisy, timesteps, *embeddings))
     if weighting != "nfsd":
         return classifier_free_guidance(x0s[:batch], x0s[batch:2 * batch], guidance_scale)
     eps_uncond, eps_cond = epsilons[:batch], epsilons[batch:2 * batch]
     eps_negative = epsilons[2 * batch:] if extra else eps_uncond
-    small_t = (timesteps < NFSD_SWITCH_TIMESTEP).to(x.dtype).view(-1, 1, 1, 1)
+    small_t = (timesteps < NFSD_SWITCH_TIMESTEP).to(x).view(-1, 1, 1, 1)
     delta_d = small_t * eps_uncond + (1 - small_t) * (eps_uncond - eps_negative)
     direction = delta_d + guidance_scale * (eps_cond - eps_uncond)
     alpha_bar = per_sample(alphas_cumprod, timesteps, x)
@@ -115,9 +119,10 @@ def decode_latents(pipe, latents: torch.Tensor, vae=None) -> torch.Tensor:
     """Latents (B, 4, h, w) to images (B, 3, H, W) in [-1, 1] through the pipeline's VAE, differentiably.
 
     ``vae`` replaces it, e.g. an ``AutoencoderTiny`` trained to decode the same latents with far less memory.
+    The images come back on the VAE's device, in its dtype.
     """
     vae = pipe.vae if vae is None else vae
-    return vae.decode(latents / vae.config.scaling_factor).sample
+    return vae.decode(to_model(latents, vae) / vae.config.scaling_factor).sample
 
 
 def distillation_loss(
@@ -143,13 +148,16 @@ def distillation_loss(
     averaged over the batch. Only ``student_latents`` receives gradients. ``student_images``, when given, is
     ``decode_latents(teacher, student_latents, vae)`` already computed (ADD's step decodes it for the
     discriminator too), so the VAE decoder runs once. ``vae`` decodes instead of the teacher's (a tiny VAE).
+    The inputs may be on any device (gradients reach ``student_latents`` where it is); the loss is computed on
+    the teacher's.
     """
     if pixel_space and any(p.requires_grad for p in (teacher.vae if vae is None else vae).parameters()):
         raise ValueError("the VAE would be trained through the pixel-space loss: freeze it first with "
                          "vae.requires_grad_(False)")
+    student_latents = student_latents.to(model_device(teacher.unet))
     batch = len(student_latents)
     if timesteps is None:
-        timesteps = sample_teacher_timesteps(batch, generator).to(student_latents.device)
+        timesteps = sample_teacher_timesteps(batch, generator)  # on the CPU, where the schedule is read
     if noise is None:
         noise = torch.randn(student_latents.shape, generator=generator).to(student_latents)
     weight = distillation_weight(weighting, timesteps, teacher.scheduler.alphas_cumprod).to(student_latents)

@@ -99,19 +99,34 @@ def check_images(name: str, images, ndim: int | None = 4) -> None:
         raise ValueError(f"{name} must lie in [-1, 1], got values from {low:.3g} to {high:.3g}; {hint}")
 
 
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``device``, or CUDA when present and the CPU otherwise; a CUDA device asked for where torch sees none
-    is refused in one line (torch itself fails later, deep inside a model, with an assertion)."""
+def available_devices() -> list[str]:
+    """The devices torch can use here: the CPU, then each CUDA GPU, then Apple's MPS."""
+    cuda = [f"cuda:{index}" for index in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return ["cpu", *cuda, *(["mps"] if torch.backends.mps.is_available() else [])]
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device``, or CUDA when present and the CPU otherwise. A device this machine lacks (CUDA on a laptop,
+    MPS off a Mac, a GPU index past the last, a typo like "gpu") is refused in one line that names the devices
+    there are: torch itself fails later, deep inside a model, with an assertion."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    names = available_devices()
+    choices = f"available here: {', '.join(map(repr, names))}; use device={names[-1]!r}, or leave device out"
     try:
-        device = torch.device(device)
+        resolved = torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} asked for, but torch sees no CUDA GPU here "
-                         f"(torch {torch.__version__}); use device='cpu', or leave device out to pick one")
-    return device
+        raise ValueError(f"unknown device {device!r}; {choices}") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {str(resolved)!r} asked for, but torch sees no CUDA GPU here "
+                         f"(torch {torch.__version__}); {choices}")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {str(resolved)!r} asked for, but torch sees {torch.cuda.device_count()} CUDA "
+                         f"GPU(s) here; {choices}")
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {str(resolved)!r} asked for, but torch sees no Apple MPS GPU here "
+                         f"(torch {torch.__version__}); {choices}")
+    return resolved
 
 
 class OneLineParser(argparse.ArgumentParser):

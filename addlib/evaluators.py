@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from addlib.loading import DATA_DIR
+from addlib.errors import resolve_device
+from addlib.loading import DATA_DIR, to_model
 from addlib.shapes import ATTRIBUTES
 
 EVALUATORS_DIR = DATA_DIR / "evaluators"
@@ -34,22 +35,27 @@ FEATURE_NETWORK_DIR = EVALUATORS_DIR / "vit"
 
 
 class _AttributeReader(nn.Module):
-    """What both networks share: constructor arguments kept for saving, input checks, and ``predict``."""
+    """What both networks share: constructor arguments kept for saving, input checks, and ``predict``.
+
+    Images may come from any device (a sampler's on the GPU, ``make_shapes``' on the CPU): each method reads
+    them on the network's device and in its dtype, and answers there, but ``predict``."""
 
     config: dict  # constructor keyword arguments, written to config.json by save_evaluator
 
-    def _check_images(self, images: torch.Tensor) -> None:
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         size = self.config["image_size"]
         if images.ndim != 4 or images.shape[1:] != (3, size, size):
             raise ValueError(
                 f"{type(self).__name__} expects images of shape (B, 3, {size}, {size}) in [-1, 1], "
                 f"got {tuple(images.shape)}"
             )
+        return to_model(images, self)
 
     def predict(self, images: torch.Tensor) -> torch.Tensor:
-        """The attribute labels it reads, (B, 5) int64 in ``ATTRIBUTES`` order, like ``make_shapes``' labels."""
+        """The attribute labels it reads, (B, 5) int64 in ``ATTRIBUTES`` order, on the CPU like ``make_shapes``'
+        labels, which they are compared with."""
         logits = self(images)
-        return torch.stack([logits[name].argmax(dim=1) for name in ATTRIBUTES], dim=1)
+        return torch.stack([logits[name].argmax(dim=1) for name in ATTRIBUTES], dim=1).cpu()
 
 
 def _conv_stack(channels: Sequence[int], image_size: int, out_dim: int) -> nn.Sequential:
@@ -90,8 +96,7 @@ class AttributeClassifier(_AttributeReader):
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """The penultimate features (B, feature_dim) of images (B, 3, 32, 32): what shapes-FID compares."""
-        self._check_images(images)
-        return self.backbone(images)
+        return self.backbone(self._inputs(images))
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits per attribute: ``{"shape": (B, 3), "color": (B, 6), ...}``, keyed and ordered as ATTRIBUTES."""
@@ -100,8 +105,7 @@ class AttributeClassifier(_AttributeReader):
 
     def none_logit(self, images: torch.Tensor) -> torch.Tensor:
         """The logit (B,) that each image holds none of the world's shapes: no shape, two, or a malformed one."""
-        self._check_images(images)
-        return self.reject(images)[:, 0]
+        return self.reject(self._inputs(images))[:, 0]
 
     def rejects(self, images: torch.Tensor) -> torch.Tensor:
         """Whether each image (B, 3, 32, 32) is "none of these" (probability above one half), (B,) bool."""
@@ -168,7 +172,7 @@ class TinyViT(_AttributeReader):
 
     def _block_outputs(self, images: torch.Tensor, num_blocks: int) -> list[torch.Tensor]:
         """The outputs (B, 1 + num_patches, D) of the first ``num_blocks`` blocks; later blocks are not run."""
-        self._check_images(images)
+        images = self._inputs(images)
         patches = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, num_patches, D), row-major patches
         x = torch.cat([self.cls_token.expand(len(images), -1, -1), patches], dim=1) + self.pos_embed
         outputs = []
@@ -220,13 +224,14 @@ def save_evaluator(model: AttributeClassifier | TinyViT, folder: str | Path) -> 
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
-def load_evaluator(folder: str | Path) -> AttributeClassifier | TinyViT:
-    """The network saved in ``folder`` by :func:`save_evaluator`, frozen: in eval mode, requires_grad False.
+def load_evaluator(folder: str | Path, device: str | torch.device = "cpu") -> AttributeClassifier | TinyViT:
+    """The network saved in ``folder`` by :func:`save_evaluator`, frozen (in eval mode, requires_grad False), on
+    ``device``: the CPU unless told, as the networks are small.
 
     Gradients still flow through it to its input, as ADD's discriminator needs. A missing or unreadable
     folder raises a one-line error saying how to rebuild it.
     """
-    folder = Path(folder)
+    folder, device = Path(folder), resolve_device(device)
     if not (folder / "config.json").exists() or not (folder / "model.safetensors").exists():
         raise FileNotFoundError(f"no evaluator in {folder} (config.json and model.safetensors); {_REBUILD}")
     try:
@@ -237,22 +242,23 @@ def load_evaluator(folder: str | Path) -> AttributeClassifier | TinyViT:
         message = str(error).splitlines()[0] if str(error) else ""
         raise OSError(f"could not load the evaluator in {folder} ({type(error).__name__}: {message}); "
                       f"{_REBUILD}") from None
-    return model.eval().requires_grad_(False)
+    return model.to(device).eval().requires_grad_(False)
 
 
-def _load_as(cls: type, folder: str | Path) -> AttributeClassifier | TinyViT:
+def _load_as(cls: type, folder: str | Path, device: str | torch.device) -> AttributeClassifier | TinyViT:
     """:func:`load_evaluator`, checking that the folder holds a ``cls`` and not the other network."""
-    model = load_evaluator(folder)
+    model = load_evaluator(folder, device)
     if not isinstance(model, cls):
         raise TypeError(f"{folder} holds a {type(model).__name__}, not a {cls.__name__}; {_REBUILD}")
     return model
 
 
-def load_attribute_classifier(folder: str | Path = CLASSIFIER_DIR) -> AttributeClassifier:
+def load_attribute_classifier(folder: str | Path = CLASSIFIER_DIR, device: str | torch.device = "cpu"
+                              ) -> AttributeClassifier:
     """The trained, frozen attribute classifier (the evaluator of prompt accuracy and shapes-FID)."""
-    return _load_as(AttributeClassifier, folder)
+    return _load_as(AttributeClassifier, folder, device)
 
 
-def load_feature_network(folder: str | Path = FEATURE_NETWORK_DIR) -> TinyViT:
+def load_feature_network(folder: str | Path = FEATURE_NETWORK_DIR, device: str | torch.device = "cpu") -> TinyViT:
     """The trained, frozen TinyViT (the feature network of ADD's discriminator)."""
-    return _load_as(TinyViT, folder)
+    return _load_as(TinyViT, folder, device)

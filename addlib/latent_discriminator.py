@@ -38,6 +38,7 @@ from torch import nn
 
 from addlib.discriminator import Discriminator, DiscriminatorHead, check_heads
 from addlib.forward_process import add_noise
+from addlib.loading import to_model
 
 T_MEAN, T_STD = 1.0, 1.0  # LADD's logit-normal for the discriminator's noise levels, shifted to high noise
 NOISE_LEVEL_DIM = 32  # sinusoidal features of t that the heads' projection reads
@@ -62,7 +63,8 @@ def teacher_tokens(unet: nn.Module, layers: Sequence[str], noisy: torch.Tensor, 
     """The outputs U_k of the named blocks (:func:`unet_blocks`) when ``unet`` denoises ``noisy`` (B, 4, h, w) at
     ``timesteps`` (B,) under the cross-attention context ``text_tokens`` (B, L, D), read as tokens: one
     (B, h_k * w_k, C_k) tensor per layer, in the order of ``layers``. Forward hooks catch the blocks' outputs as
-    the UNet runs once, and are removed even if it fails."""
+    the UNet runs once, and are removed even if it fails. The UNet reads the inputs on its device, where the tokens
+    come back."""
     blocks, outputs = unet_blocks(unet), {}
 
     def keep(block, _inputs, output):
@@ -71,7 +73,7 @@ def teacher_tokens(unet: nn.Module, layers: Sequence[str], noisy: torch.Tensor, 
 
     hooks = [blocks[layer].register_forward_hook(keep) for layer in layers]
     try:
-        unet(noisy, timesteps, encoder_hidden_states=text_tokens)
+        unet(to_model(noisy, unet), to_model(timesteps, unet), encoder_hidden_states=to_model(text_tokens, unet))
     finally:
         for hook in hooks:
             hook.remove()

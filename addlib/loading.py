@@ -5,6 +5,8 @@ Every model the course uses comes in through this module: a pipeline (:func:`loa
 uses too). Each takes a folder or a Hugging Face hub id alike, and turns the ways that fails into one sentence
 that says which it was (no such folder, a folder missing its files, a corrupt file, a hub out of reach) and what
 to do. :func:`save_pipeline` writes a pipeline that every supported transformers release reads back.
+:func:`resolve_device` picks the device the models load on (CUDA when present), and :func:`to_model` brings a
+tensor to the device and dtype of a model it meets, so seeded draws made on the CPU reach a model on a GPU.
 """
 
 from __future__ import annotations
@@ -168,6 +170,18 @@ def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | 
                              "train one with `python -m addlib.train_tiny_vae --out FOLDER`",
                              "decode with the pipeline's own VAE")
     return vae.to(device).eval().requires_grad_(False)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s weights are, read from the first: diffusers' ``.device`` walks every module."""
+    return next(model.parameters()).device
+
+
+def to_model(x: torch.Tensor, model: torch.nn.Module) -> torch.Tensor:
+    """``x`` where ``model`` computes: on its device and, if floating point, in its dtype (timesteps stay
+    integers). Gradients flow back through the move to ``x`` where it was."""
+    weight = next(model.parameters())
+    return x.to(weight.device, weight.dtype) if x.is_floating_point() else x.to(weight.device)
 
 
 def write_bpe_files(folder: Path, vocab: dict[str, int], merges: list[tuple[str, str]]) -> None:

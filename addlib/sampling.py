@@ -180,8 +180,10 @@ def guidance_batch(x: torch.Tensor, timesteps, *embeddings: torch.Tensor) -> tup
     """The inputs of one UNet call that predicts ``x`` under each of ``embeddings`` at once: ``x`` (B, ...) and
     ``timesteps`` (one, or one per sample) once per embedding, and the embeddings ((1 or B, L, D) each) stacked.
     For guidance pass the unconditional embeddings first, as diffusers does, and split the output with
-    ``.chunk(len(embeddings))``: one call on a larger batch costs less than one call per conditioning."""
-    timesteps = torch.as_tensor(timesteps, device=x.device).expand(len(x))
+    ``.chunk(len(embeddings))``: one call on a larger batch costs less than one call per conditioning. The
+    timesteps keep their device (the CPU's, for integers), where the schedule is read; the UNet's caller moves
+    them."""
+    timesteps = torch.as_tensor(timesteps).expand(len(x))
     return (x.repeat(len(embeddings), *[1] * (x.ndim - 1)), timesteps.repeat(len(embeddings)),
             torch.cat([e.expand(len(x), -1, -1) for e in embeddings]))
 
@@ -254,7 +256,7 @@ def _denoiser_output(pipe, latents: torch.Tensor, timestep: torch.Tensor, cond: 
     """The UNet's output for ``latents`` (b, 4, h, w), guided when ``uncond`` (1, L, D) is given."""
     if uncond is None:
         return pipe.unet(latents, timestep, encoder_hidden_states=cond).sample
-    both = pipe.unet(*guidance_batch(latents, timestep, uncond, cond)).sample  # (2b, 4, h, w)
+    both = pipe.unet(*guidance_batch(latents, timestep.to(latents.device), uncond, cond)).sample  # (2b, 4, h, w)
     return classifier_free_guidance(*both.chunk(2), guidance_scale)
 
 

@@ -10,7 +10,8 @@
 # float32 (the float16 outputs differed from diffusers' own loop on random weights); ADD's memory options on
 # SD 2.1-base at 512x512, batch 4; notebook 06's run at its own settings (BK-SDM-Tiny, LoRA, checkpointing,
 # TAESD, fp16), shortened to 64 generated images and 30 steps; its evaluation on 50 held-out prompts with
-# CLIP ViT-g/14. Each stage has its own time limit, so one that fails or overruns leaves the others' figures.
+# CLIP ViT-g/14; last, beyond the 8 minutes, the eight notebooks under nbval with the GPU as their device. Each
+# stage has its own time limit, so one that fails or overruns leaves the others' figures.
 # Stage times on an H200: environment 18 s, build 95 s, stream (50 frames) 102 s, rehearsal 167 s.
 set -u
 log=${1:-runs/gpu/logs}
@@ -35,6 +36,7 @@ if [ -n "${SMALL:-}" ]; then
     stream=(--resolution 64 --dtype float32 --num-frames 6 --repeats 1)
     run=(--num-prompts 4 --generation-steps 2 --resolution 64 --steps 2 --batch-size 1 --mixed-precision no)
     quality=(--num-prompts 2 --resolution 64 --batch-size 2)
+    notebooks=(solutions/01_forward_process.ipynb) notebooks_limit=300  # the stage's command on the shortest one
 else
     clip=laion/CLIP-ViT-g-14-laion2B-s12B-b42K
     # one round: each row is a fresh process that loads SD 2.1 (about 25 s on an H200), and two did not fit
@@ -43,6 +45,7 @@ else
     stream=(--resolution 512 --dtype float16 --num-frames 30 --repeats 2)
     run=(--num-prompts 64 --generation-steps 25 --resolution 512 --steps 30 --batch-size 4 --mixed-precision fp16)
     quality=(--num-prompts 50 --batch-size 8)
+    notebooks=(solutions) notebooks_limit=1200  # their cells take about 20 minutes on a 2-core CPU
 fi
 
 stage environment 60 "$python" -c "import sys, torch, diffusers, transformers
@@ -65,3 +68,7 @@ print(r['config']['steps'], 'steps in', r['minutes'], 'minutes (generation and l
 stage quality 180 "$python" -m addlib.bench quality --teacher "$(folder nota-ai/bk-sdm-tiny)" \
     --student "$work/student" --reference "$(ls -td runs/generated/*/ | head -n 1)" --clip-model "$(folder "$clip")" \
     "${quality[@]}"
+# pyproject.toml's addopts run them under nbval, --nbval-lax: only the cells marked # NBVAL_CHECK_OUTPUT must
+# reproduce their stored output, and any cell that raises (a tensor on the CPU meeting a model on the GPU) fails.
+# Notebook 06 finds no hub here and rehearses on the models of the build stage.
+stage notebooks "$notebooks_limit" "$python" -m pytest "${notebooks[@]}"

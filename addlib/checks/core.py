@@ -78,7 +78,7 @@ def _difference(got, expected: torch.Tensor, atol: float, rtol: float) -> str | 
         return f"expected a torch.Tensor, got {type(got).__name__}"
     if got.shape != expected.shape:
         return f"expected shape {tuple(expected.shape)}, got shape {tuple(got.shape)}"
-    got = got.detach().to(expected.dtype)
+    got = got.detach().to(expected.device, expected.dtype)
     if not torch.isfinite(got).all() and torch.isfinite(expected).all():
         return "the result contains NaN or inf"
     if torch.allclose(got, expected, atol=atol, rtol=rtol, equal_nan=True):

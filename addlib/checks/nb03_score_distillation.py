@@ -21,7 +21,7 @@ def _loss_and_gradient(loss_fn: Callable, teacher) -> Callable:
         if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
             return loss  # run_checks reports what came back instead of a scalar tensor
         if not loss.requires_grad:
-            return torch.cat([loss.detach().view(1), torch.zeros(x_theta.numel())])
+            return torch.cat([loss.detach().view(1), loss.new_zeros(x_theta.numel())])
         (gradient,) = torch.autograd.grad(loss, x_theta)
         return torch.cat([loss.detach().view(1), gradient.flatten()])
     return run
@@ -29,18 +29,21 @@ def _loss_and_gradient(loss_fn: Callable, teacher) -> Callable:
 
 def check_distillation_loss(fn: Callable, teacher) -> None:
     """Check ``fn(teacher, x_theta, prompt_embeds, timesteps, noise)`` is ADD's L_distill (exponential weighting,
-    no guidance, pixel space), its value and its gradient with respect to the student's latents ``x_theta``."""
+    no guidance, pixel space), its value and its gradient with respect to the student's latents ``x_theta``.
+    The cases are drawn on the CPU and handed over on the teacher's device, as the learner's own tensors would be."""
     from addlib.distillation import decode_latents, distillation_loss
+    from addlib.loading import model_device
     from addlib.sampling import encode_prompts
 
-    alphas_cumprod = teacher.scheduler.alphas_cumprod
+    device = model_device(teacher.unet)
+    alphas_cumprod = teacher.scheduler.alphas_cumprod.to(device)
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         embeds = encode_prompts(teacher, ["a red circle", "a large blue square", "a small green triangle at the "
                                           "top left", "a yellow circle on a white background"])
     cases = [Case(f"{len(t)} student latents of 4x8x8, teacher timesteps {t}",
-                  (torch.randn(len(t), 4, 8, 8, generator=gen), embeds[:len(t)], torch.tensor(t),
-                   torch.randn(len(t), 4, 8, 8, generator=gen)))
+                  (torch.randn(len(t), 4, 8, 8, generator=gen).to(device), embeds[:len(t)],
+                   torch.tensor(t, device=device), torch.randn(len(t), 4, 8, 8, generator=gen).to(device)))
              for t in ([500], [100, 700], [20, 250, 600, 950])]
 
     def variant(renoise=None, x0=None, weight=None, pixels=True, stop=True):
@@ -78,6 +81,9 @@ def check_distillation_loss(fn: Callable, teacher) -> None:
         ],
         atol=1e-6,
         rtol=1e-4,
+        error_hints=[("same device", f"the teacher is on {device}, and so are x_theta, noise and timesteps, but the "
+                      f"scheduler's alphas_cumprod is on the CPU: index "
+                      f"teacher.scheduler.alphas_cumprod.to(x_theta.device)")],
     )
 
 

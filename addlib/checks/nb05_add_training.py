@@ -40,7 +40,7 @@ def check_generator_loss(fn: Callable, trainer) -> None:
             if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
                 return loss
             if not loss.requires_grad:
-                return torch.cat([loss.detach().view(1), torch.zeros(parameter.numel())])
+                return torch.cat([loss.detach().view(1), loss.new_zeros(parameter.numel())])
             (gradient,) = torch.autograd.grad(loss, parameter)
             return torch.cat([loss.detach().view(1), gradient.flatten()])
         return run
