@@ -32,7 +32,7 @@ from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_
 from addlib.probe import HEADS_SWEEP
 from addlib.rehearsal import MEMORY_OPTIONS
 from addlib.shapes import ATTRIBUTES, make_shapes
-from addlib.timing import compute_bound, frames_per_second, max_difference
+from addlib.timing import compute_bound, max_difference, time_frames
 
 
 # Students trained like the shipped one but for one change (docs/benchmarks.md): the loss ablation of ADD's
@@ -121,10 +121,11 @@ def bench_teacher(args: argparse.Namespace) -> None:
     pipe, classifier = load_pipeline(args.model), load_attribute_classifier()
     real, prompts, reference = _evaluation_set(args.num_images, args.prompts_seed)
     with torch.no_grad():  # the VAE alone, no diffusion: the ceiling of anything decoded by it
-        round_trips = {"VAE round trip": pipe.vae.decode(pipe.vae.encode(real).latent_dist.mean).sample}
+        on_device = real.to(pipe.device)
+        round_trips = {"VAE round trip": pipe.vae.decode(pipe.vae.encode(on_device).latent_dist.mean).sample}
         if args.model == str(TEACHER_DIR) and TINY_VAE_DIR.exists():
             tiny = load_tiny_vae(device=pipe.device)
-            round_trips["tiny VAE round trip"] = tiny.decode(tiny.encode(real).latents).sample
+            round_trips["tiny VAE round trip"] = tiny.decode(tiny.encode(on_device).latents).sample
     rows = [_unsampled_row("real images", real, prompts, reference, classifier),
             *(_unsampled_row(name, images.clamp(-1, 1), prompts, reference, classifier)
               for name, images in round_trips.items())]
@@ -223,11 +224,12 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
                      "clean image": f"{linear_probe(tokens[:, 0], shapes):.3f}"})
         rows.append({"features": f"TinyViT block {layer}, patches", **{f"t = {t}": "" for t in args.timesteps},
                      "clean image": f"{linear_probe(pooled_tokens(tokens[:, 1:]), shapes):.3f}"})
-    latents = teacher.vae.encode(images).latent_dist.mean * teacher.vae.config.scaling_factor
+    latents = teacher.vae.encode(images.to(teacher.device)).latent_dist.mean * teacher.vae.config.scaling_factor
     empty = text_encoder_output(teacher, [""])[0].expand(len(images), -1, -1)  # the prompt must not name the shape
     blocks = list(unet_blocks(teacher.unet))
     read = {block: {} for block in blocks}
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(args.seed))  # one draw, every t
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.randn(latents.shape, generator=generator).to(latents)  # one draw, every t
     for t in tqdm(args.timesteps, desc="noise levels"):
         timesteps = torch.full((len(images),), t)
         noisy = add_noise(latents, noise, timesteps, teacher.scheduler.alphas_cumprod)
@@ -350,13 +352,15 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         return lambda: diffusers_img2img(pipe, args.prompt, timesteps[len(t_index_list)], seed=args.seed)
 
     def measure(name, t_index_list, make, frames=moving, rows_per_call=1, calls=1, latency=0, reference=None):
-        fps, outputs = frames_per_second(make, frames, args.repeats, device)
-        difference = "-" if reference is None else f"{max_difference(outputs, reference, latency):.1e}"
+        timed = time_frames(make, frames, args.repeats, device)
+        difference = "-" if reference is None else f"{max_difference(timed.outputs, reference, latency):.1e}"
         rows.append({"setup": name, "timesteps": ",".join(str(int(t)) for t in timesteps[len(t_index_list)]),
-                     "UNet calls/frame": calls, "rows/call": rows_per_call, "fps": f"{fps:.1f}",
-                     "ms/frame": f"{1000 / fps:.2f}", "latency (frames)": latency, "max abs diff vs naive": difference})
+                     "UNet calls/frame": calls, "rows/call": rows_per_call, "fps": f"{timed.fps:.1f}",
+                     "p50 ms": f"{1000 * timed.percentile(50):.2f}", "p99 ms": f"{1000 * timed.percentile(99):.2f}",
+                     "first frame ms": f"{1000 * timed.first_frame:.0f}", "latency (frames)": latency,
+                     "max abs diff vs naive": difference})
         progress.update()
-        return outputs
+        return timed.outputs
 
     t0 = int(timesteps[1][0])
     measure("compute bound: encode + UNet + decode", one, compute_bound(pipe, pipe.vae, 1, t0))
@@ -387,7 +391,8 @@ def _print_stream_table(args: argparse.Namespace, rows: list[dict], skipped: flo
     after another; the filter's speed-up that of the frames skipped."""
     print(f"{args.num_frames} frames of {args.resolution}x{args.resolution} moving shapes (static clip: the shape "
           f"moves every {args.hold} frames), prompt {args.prompt!r}, seed {args.seed}, best of {args.repeats} "
-          f"passes, {torch.get_num_threads()} threads, {device}, {dtype}")
+          f"passes, {torch.get_num_threads()} threads, {device}, {dtype}; p50 / p99: the median and 99th-percentile "
+          f"frame time over every pass; first frame: from the set-up (prepare, warm-up) to the first output")
     print_table(rows)
     fps = {row["setup"].split(" (")[0]: float(row["fps"]) for row in rows}
     bound = fps["stream"] / fps["compute bound: encode + UNet + decode"]

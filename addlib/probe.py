@@ -24,11 +24,12 @@ def linear_probe(features: torch.Tensor, labels: torch.Tensor, train_fraction: f
                  seed: int = 0) -> float:
     """Held-out accuracy of a logistic regression from ``features`` (N, D) to integer ``labels`` (N,), fitted by
     full-batch Adam on the first ``train_fraction`` of the rows (standardised with their statistics) and scored
-    on the rest."""
+    on the rest. On the CPU, wherever the features come from: the probe is small, and its initial weights and
+    steps are then the same on every device."""
     if not 0 < train_fraction < 1 or len(features) != len(labels) or len(labels) < 2:
         raise ValueError(f"a probe needs as many labels as feature rows (got {len(labels)} and {len(features)}) "
                          f"and a train_fraction strictly between 0 and 1 (got {train_fraction})")
-    features, split = features.detach().float(), int(train_fraction * len(labels))
+    features, labels, split = features.detach().float().cpu(), labels.cpu(), int(train_fraction * len(labels))
     mean, std = features[:split].mean(0), features[:split].std(0) + 1e-6
     features = (features - mean) / std
     torch.manual_seed(seed)  # the probe's initial weights
@@ -63,6 +64,7 @@ HEADS_SWEEP = {
     "blocks 0-5": {"discriminator_layers": "0,1,2,3,4,5"},
     "verdict image": {"discriminator_verdict": "image"},
     "verdict image, gamma 0.02": {"discriminator_verdict": "image", "r1_weight": 0.02},
+    "text + image conditioning": {"discriminator_conditioning": "text,image"},
     "LADD (m = -1)": {"discriminator": "ladd"},
     "LADD, verdict image": {"discriminator": "ladd", "discriminator_verdict": "image"},
     "ADD + LADD": {"discriminator": "add+ladd"},
@@ -99,9 +101,11 @@ def one_step_pool(teacher, student_unet, num_images: int, seed: int, resolution:
                   batch_size: int = 256) -> Pool:
     """``num_images`` real shapes (``seed``) and the student's one-step predictions for their captions, from pure
     noise at t = 999 (ADD's one-step sampling), decoded with the teacher's VAE, each fake marked right or wrong
-    by the shipped evaluator (:func:`addlib.metrics.prompt_correct`), which no discriminator ever reads."""
+    by the shipped evaluator (:func:`addlib.metrics.prompt_correct`), which no discriminator ever reads. The
+    pool is on the teacher's device."""
     from addlib.distillation import decode_latents, denoise
     from addlib.evaluators import load_attribute_classifier
+    from addlib.loading import to_model
     from addlib.metrics import prompt_correct
     from addlib.sampling import posterior_sample, text_encoder_output
     from addlib.shapes import make_shapes
@@ -110,7 +114,7 @@ def one_step_pool(teacher, student_unet, num_images: int, seed: int, resolution:
     generator = torch.Generator().manual_seed(seed)
     parts = []
     for start in range(0, num_images, batch_size):
-        batch, words = images[start:start + batch_size], captions[start:start + batch_size]
+        batch, words = to_model(images[start:start + batch_size], teacher.vae), captions[start:start + batch_size]
         latents = posterior_sample(teacher.vae.encode(batch).latent_dist, generator) * teacher.vae.config.scaling_factor
         encoded = text_encoder_output(teacher, words)
         noise = torch.randn(latents.shape, generator=generator)

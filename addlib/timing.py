@@ -7,31 +7,73 @@ with these, so a figure in a notebook and the same figure in docs/benchmarks.md 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import torch
 
 
-def synchronize(device: torch.device | str) -> None:
-    """Wait for a GPU's queued work, so that a clock read after it times the work, not its queueing."""
-    if torch.device(device).type == "cuda":
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for a GPU's queued work, so that a clock read after it times the work, not its queueing. Without
+    ``device``, the current CUDA GPU's, if there is one: a caller that never names its device still times right."""
+    if device is None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+    elif device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def frames_per_second(make, frames: torch.Tensor, repeats: int = 1,
-                      device: torch.device | str = "cpu") -> tuple[float, list]:
-    """Frames per second of the best of ``repeats`` passes of a fresh ``make()`` over ``frames``, and the first
-    pass's outputs. ``make`` does its set-up (prepare, warm-up) untimed and returns ``frame -> output``."""
-    best, outputs = float("inf"), None
+@dataclass
+class FrameTimes:
+    """A stream timed frame by frame: ``seconds[p][k]`` is frame k of pass p, ``first_frame`` the seconds from
+    the first pass's set-up (prepare, warm-up) to its first output, ``outputs`` the first pass's outputs.
+
+    Mean fps is not what a viewer feels: a stream at 30 fps that stalls for 200 ms now and then looks broken.
+    So beside the frame rate come the median and 99th-percentile frame times, over the frames of every pass,
+    and the time to the first frame (StreamDiffusionV2 reports both)."""
+
+    seconds: list[list[float]]
+    first_frame: float
+    outputs: list
+
+    @property
+    def fps(self) -> float:
+        """Frames per second of the fastest pass."""
+        return len(self.seconds[0]) / min(sum(times) for times in self.seconds)
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile (0-100) of the frame times, in seconds, by linear interpolation."""
+        times = torch.tensor([t for times in self.seconds for t in times], dtype=torch.float64)
+        return torch.quantile(times, q / 100).item()
+
+
+def time_frames(make, frames: torch.Tensor, repeats: int = 1, device: torch.device | str | None = None) -> FrameTimes:
+    """Time ``repeats`` passes of a fresh ``make()`` over ``frames``, each frame on its own clock. ``make`` does
+    its set-up (prepare, warm-up) and returns ``frame -> output``; the set-up counts only towards the first
+    frame's wait."""
+    seconds, first_frame, outputs = [], None, None
     with torch.no_grad():
         for _ in range(repeats):
+            start = time.perf_counter()
             process = make()
             synchronize(device)
-            start = time.perf_counter()
-            results = [process(frame) for frame in frames]
-            synchronize(device)
-            best = min(best, time.perf_counter() - start)
-            outputs = outputs or results
-    return len(frames) / best, outputs
+            set_up = time.perf_counter() - start
+            times, results = [], []
+            for frame in frames:
+                begin = time.perf_counter()
+                results.append(process(frame))
+                synchronize(device)
+                times.append(time.perf_counter() - begin)
+            seconds.append(times)
+            if first_frame is None:
+                first_frame, outputs = set_up + times[0], results
+    return FrameTimes(seconds, first_frame, outputs)
+
+
+def frames_per_second(make, frames: torch.Tensor, repeats: int = 1,
+                      device: torch.device | str | None = None) -> tuple[float, list]:
+    """Frames per second of the best of ``repeats`` passes of a fresh ``make()`` over ``frames``, and the first
+    pass's outputs. ``make`` does its set-up (prepare, warm-up) untimed and returns ``frame -> output``."""
+    timed = time_frames(make, frames, repeats, device)
+    return timed.fps, timed.outputs
 
 
 def compute_bound(pipe, vae, rows: int, timestep: int):

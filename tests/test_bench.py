@@ -35,8 +35,10 @@ def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
 
 
 def test_stream_bench_times_every_setup_and_checks_outputs(capsys):
-    bench.main(["stream", "--num-frames", "6", "--repeats", "1", "--hold", "3"])
+    rows = bench.main(["stream", "--num-frames", "6", "--repeats", "1", "--hold", "3"])
     out = capsys.readouterr().out
+    for row in rows:  # latency as a viewer feels it, beside the frame rate
+        assert 0 < float(row["p50 ms"]) <= float(row["p99 ms"]) and float(row["first frame ms"]) > 0
     assert first_column(out)[:3] == ["compute bound: encode + UNet + decode", "compute bound, 3 UNet rows",
                                      "naive diffusers img2img loop"]
     assert first_column(out)[-1] == "stream + tiny VAE"
