@@ -20,21 +20,26 @@ def show_images(
     ncols: int = 8,
     size: float = 1.3,
     fontsize: int = 7,
+    title: str = "",
 ):
-    """Show images of shape (3, H, W) in [-1, 1] in a grid, with optional titles; returns the figure."""
+    """Show images of shape (3, H, W) in [-1, 1] in a grid, with optional titles for the images and ``title``
+    for the whole figure (wrapped to its width); returns the figure."""
     n = len(images)
     ncols = min(ncols, n)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, size * nrows * (1.35 if titles else 1)),
-                             squeeze=False)
+    # Wrap to the width (about 0.55 em per character) so long captions never collide.
+    heading = textwrap.fill(title, max(8, int(size * ncols * 72 / (0.55 * (fontsize + 1))))) if title else ""
+    height = size * nrows * (1.35 if titles else 1) + (0.2 * (heading.count("\n") + 1) if heading else 0)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size * ncols, height), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
             ax.imshow(to_display(images[i]), interpolation="nearest")
             if titles is not None:
-                # Wrap to the axes' width (about 0.55 em per character) so long captions never collide.
-                width = max(8, int(size * 72 / (0.55 * fontsize)))
+                width = max(8, int(size * 72 / (0.55 * fontsize)))  # the axes' width, as for the heading
                 ax.set_title(textwrap.fill(titles[i], width), fontsize=fontsize)
+    if heading:
+        fig.suptitle(heading, fontsize=fontsize + 1)
     fig.tight_layout()
     return fig
 
