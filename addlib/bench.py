@@ -32,6 +32,7 @@ from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_
 from addlib.probe import HEADS_SWEEP
 from addlib.rehearsal import MEMORY_OPTIONS
 from addlib.shapes import ATTRIBUTES, make_shapes
+from addlib.stream import COMPILE_MODES
 from addlib.timing import compute_bound, max_difference, time_frames
 
 
@@ -334,12 +335,13 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     one, many = [args.t_index], args.t_index_list
     timesteps = {len(one): StreamDiffusion(pipe, one).timesteps, len(many): StreamDiffusion(pipe, many).timesteps}
     rows, streams = [], []  # the table, and every stream built, for the filter's count of skipped frames
-    progress = tqdm(total=9 + 2 * bool(args.tiny_vae), desc="timing the stream setups", unit="setup")
+    setups = 9 + 2 * bool(args.tiny_vae) + bool(args.compile_mode) * (1 + bool(args.tiny_vae))
+    progress = tqdm(total=setups, desc="timing the stream setups", unit="setup")
 
-    def stream(t_index_list, batch=True, vae=None, threshold=None):
+    def stream(t_index_list, batch=True, vae=None, threshold=None, compile_mode=None):
         def make():
             s = StreamDiffusion(pipe, t_index_list, use_denoising_batch=batch, vae=vae, height=args.resolution,
-                                width=args.resolution, seed=args.seed)
+                                width=args.resolution, seed=args.seed, compile_mode=compile_mode)
             s.prepare(args.prompt)
             s.warmup(moving[0])
             if threshold is not None:
@@ -366,7 +368,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     measure("compute bound: encode + UNet + decode", one, compute_bound(pipe, pipe.vae, 1, t0))
     measure(f"compute bound, {len(many)} UNet rows", many, compute_bound(pipe, pipe.vae, len(many), t0),
             rows_per_call=len(many))
-    reference = measure("naive diffusers img2img loop", one, naive(one))
+    reference = one_step_reference = measure("naive diffusers img2img loop", one, naive(one))
     measure("stream", one, stream(one), reference=reference)
     reference = measure("naive diffusers img2img loop", many, naive(many), calls=len(many))
     measure("stream, no Stream Batch", many, stream(many, batch=False), calls=len(many), reference=reference)
@@ -380,6 +382,12 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
         tiny = load_tiny_vae(args.tiny_vae, device=device, dtype=pipe.unet.dtype)
         measure("compute bound, tiny VAE", one, compute_bound(pipe, tiny, 1, t0))
         measure("stream + tiny VAE", one, stream(one, vae=tiny))
+    if args.compile_mode:
+        measure(f"stream, compiled ({args.compile_mode})", one, stream(one, compile_mode=args.compile_mode),
+                reference=one_step_reference)
+        if args.tiny_vae:
+            measure(f"stream + tiny VAE, compiled ({args.compile_mode})", one,
+                    stream(one, vae=tiny, compile_mode=args.compile_mode))
     progress.close()
     _print_stream_table(args, rows, skipped, device, pipe.unet.dtype)
     return rows
@@ -567,6 +575,9 @@ def _miniature_benchmarks(subcommands) -> None:
     stream.add_argument("--seed", type=int, default=0)
     stream.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
                         help="the pipeline's weights (float16 on a GPU, as StreamDiffusion runs)")
+    stream.add_argument("--compile-mode", choices=COMPILE_MODES,
+                        help="add rows for the one-step stream compiled with torch.compile in this mode "
+                             "(reduce-overhead: CUDA graphs on a GPU); its first frame includes the compilation")
     stream.set_defaults(run=bench_stream)
 
 

@@ -42,6 +42,9 @@ from addlib.sampling import (
 )
 
 CFG_TYPES = ("none", "full", "self", "initialize")
+# torch.compile's modes. "reduce-overhead" adds CUDA graphs on a GPU: the whole UNet call replayed as one launch,
+# which is what a one-step stream at batch 1 is bound by (kernel launches, not arithmetic).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def skip_probability(frame: torch.Tensor, reference: torch.Tensor, threshold: float) -> float:
@@ -111,12 +114,15 @@ class StreamDiffusion:
     sets how far the output may move from the input frame. ``frame_buffer_size`` frames go in and come out per
     call. ``vae`` replaces the pipeline's for encoding and decoding (a tiny VAE, :func:`addlib.loading.load_tiny_vae`).
     ``height`` and ``width`` may be any multiple of the VAE's factor. ``seed`` fixes every noise the stream uses.
+    ``compile_mode`` compiles the UNet and the VAE with ``torch.compile`` in that mode (:data:`COMPILE_MODES`):
+    the first frames pay the compilation, the later ones run faster; the outputs match eager's to float
+    tolerance. StreamDiffusion's TensorRT engines go further (fused kernels, fixed shapes, fp16 throughout).
     """
 
     def __init__(self, pipe, t_index_list, num_inference_steps: int | None = None, frame_buffer_size: int = 1,
                  use_denoising_batch: bool = True, cfg_type: str = "none", guidance_scale: float = 1.0,
                  delta: float = 1.0, do_add_noise: bool = True, vae=None, height: int | None = None,
-                 width: int | None = None, seed: int = 0):
+                 width: int | None = None, seed: int = 0, compile_mode: str | None = None):
         if cfg_type not in CFG_TYPES:
             raise ValueError(f"unknown cfg_type {cfg_type!r}; choose one of {', '.join(CFG_TYPES)}")
         if num_inference_steps is None:
@@ -131,7 +137,15 @@ class StreamDiffusion:
                              f"[0, {num_inference_steps}) (num_inference_steps), got {t_index_list}")
         if frame_buffer_size < 1:
             raise ValueError(f"frame_buffer_size must be at least 1, got {frame_buffer_size}")
+        if compile_mode is not None and compile_mode not in COMPILE_MODES:
+            raise ValueError(f"unknown compile_mode {compile_mode!r}; choose one of {', '.join(COMPILE_MODES)}, or "
+                             f"None for eager")
         self.pipe, self.vae = pipe, vae if vae is not None else pipe.vae
+        self.unet, self.vae_encode, self.vae_decode = pipe.unet, self.vae.encode, self.vae.decode
+        if compile_mode is not None:
+            self.unet, self.vae_encode, self.vae_decode = (
+                torch.compile(part, mode=compile_mode) for part in (pipe.unet, self.vae.encode, self.vae.decode))
+        self.compile_mode = compile_mode
         # Looked up once: diffusers' ModelMixin.device and .dtype walk every submodule, a millisecond each.
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
         self.factor = vae_factor(pipe.vae)
@@ -206,7 +220,7 @@ class StreamDiffusion:
         self.prompt, self.negative_prompt = prompt, negative_prompt
 
     def _x0_and_eps(self, x, t, embeddings):
-        output = self.pipe.unet(x, t, encoder_hidden_states=embeddings).sample
+        output = self.unet(x, t, encoder_hidden_states=embeddings).sample
         return predict_x0_and_epsilon(output, x, t, self.alphas_cumprod, self.pipe.scheduler.config.prediction_type)
 
     def _denoise(self, x, t, alpha, sigma, stock, newest: int):
@@ -239,6 +253,8 @@ class StreamDiffusion:
 
     def _step(self, x_new: torch.Tensor) -> torch.Tensor:
         """Denoise the newest frame(s) ``x_new`` (F, C, h, w) from the first timestep; return x0 of the oldest."""
+        if self.compile_mode == "reduce-overhead":  # a new frame: CUDA graphs may now reuse the last one's memory
+            torch.compiler.cudagraph_mark_step_begin()
         n, frames = len(self.timesteps), self.frame_buffer_size
         if self.use_denoising_batch:
             x = torch.cat([x_new, self.buffer])  # newest first, then the frames in flight at later timesteps
@@ -275,7 +291,7 @@ class StreamDiffusion:
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Scaled latents of ``images``: a tiny VAE's deterministic code, or a sample of the VAE's posterior with
         the stream's fixed noise (diffusers' img2img samples it too)."""
-        encoded = self.vae.encode(images)
+        encoded = self.vae_encode(images)
         if hasattr(encoded, "latents"):
             latents = encoded.latents
         else:
@@ -284,7 +300,8 @@ class StreamDiffusion:
         return latents * self.vae.config.scaling_factor
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        # clamp makes a tensor of its own: CUDA graphs reuse their output memory at the next call
+        return self.vae_decode(latents / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
     def _check_prepared(self) -> None:
         if self.prompt is None:

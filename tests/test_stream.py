@@ -55,6 +55,14 @@ def test_stream_batch_equals_the_same_steps_one_after_another(student64, clip, c
     assert max_difference(run(streams[0], clip), run(streams[1], clip), streams[0].latency) < 1e-10
 
 
+def test_a_compiled_stream_computes_what_the_eager_one_does(student, clip):
+    """torch.compile (inductor's C++ kernels on a CPU) fuses and reorders float arithmetic: equal within float32
+    tolerance, not bit for bit. Stream Batch and the tiny VAE, so that UNet, encoder and decoder are all compiled."""
+    tiny = load_tiny_vae(device="cpu")
+    streams = [StreamDiffusion(student, [1, 2, 3], vae=tiny, compile_mode=mode) for mode in (None, "default")]
+    assert max_difference(run(streams[1], clip[:4]), run(streams[0], clip[:4])) < 1e-4
+
+
 def test_guidance_changes_the_output(student, clip):
     plain = run(StreamDiffusion(student, [1, 2]), clip[:2])
     for cfg_type in ("full", "self", "initialize"):
@@ -149,6 +157,8 @@ def test_bad_input_gets_a_clear_error(student):
     for t_index_list in ([], [3, 1], [1, 1], [4], [-1]):
         with pytest.raises(ValueError, match="t_index_list must be"):
             StreamDiffusion(student, t_index_list)
+    with pytest.raises(ValueError, match="unknown compile_mode 'fast'; choose one of default, reduce-overhead"):
+        StreamDiffusion(student, [1], compile_mode="fast")
     with pytest.raises(ValueError, match="unknown cfg_type 'double'"):
         StreamDiffusion(student, [1], cfg_type="double")
     with pytest.raises(ValueError, match="divides by alpha_t"):
