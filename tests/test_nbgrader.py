@@ -1,6 +1,7 @@
-"""A teacher's nbgrader workflow, run as README.md's "For teachers" writes it, on notebook 01.
+"""A teacher's nbgrader workflow, run as README.md's "For teachers" writes it, on notebook 01, and once on
+notebook 04, whose training cell runs for minutes.
 
-Three learners submit: one hands the stubs back unchanged, one answers everything, one gets one answer wrong.
+On notebook 01 three learners submit: one hands the stubs back unchanged, one answers everything, one gets one answer wrong.
 Autograde must score them 0, full and one point less, and no feedback may show an interrupted cell or a
 knock-on error: the only errors allowed are the learners' own.
 """
@@ -42,9 +43,9 @@ def shell(commands: str, cwd: Path) -> None:
     assert done.returncode == 0, f"{commands} failed:\n{done.stderr[-3000:]}"
 
 
-def answered(released: dict, wrong: bool) -> dict:
+def answered(released: dict, notebook: str, wrong: bool) -> dict:
     """The released notebook with every stub replaced by the solution's answer (one of them wrong if asked)."""
-    solution = json.loads((ROOT / "solutions" / NOTEBOOK).read_text())
+    solution = json.loads((ROOT / "solutions" / notebook).read_text())
     answers = {c["metadata"]["nbgrader"]["grade_id"]: "".join(c["source"])
                for c in solution["cells"] if c["metadata"].get("nbgrader", {}).get("solution")}
     for cell in released["cells"]:
@@ -64,34 +65,40 @@ def errors(notebook: Path) -> list[str]:
     return [f"{o['ename']}: {o['evalue']}" for c in cells for o in c.get("outputs", []) if o["output_type"] == "error"]
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """Run the README's commands in a scratch folder that holds the clone's solutions/ and teaching/."""
-    work = tmp_path_factory.mktemp("teacher")
+def grade(work: Path, assignment: str, notebook: str, learners: dict[str, bool | None]) -> Path:
+    """Run the README's commands for ``notebook`` as ``assignment`` in ``work``, which holds the clone's
+    solutions/ and teaching/; each learner hands back the stubs (None), or every answer right (False) or with one
+    wrong (True). Returns the course folder."""
     clone, exchange = work / "clone", work / "exchange"
     clone.mkdir()
     for folder in ("solutions", "teaching"):
         (clone / folder).symlink_to(ROOT / folder)
-    commands = readme_commands()
+    commands = [c.replace(NOTEBOOK, notebook).replace(ASSIGNMENT, assignment) for c in readme_commands()]
     split = next(i for i, c in enumerate(commands) if c.startswith("nbgrader collect"))
     # A course's exchange normally lives in /srv/nbgrader/exchange; the test keeps its own.
     setup = "\n".join(commands[:split]).replace(
         "cd ../course", f"cd ../course && echo 'c.Exchange.root = \"{exchange}\"' >> nbgrader_config.py")
     shell(setup, cwd=clone)
 
-    for learner in ("stubs", "correct", "wrong"):
+    for learner, wrong in learners.items():
         home = work / "learners" / learner
         home.mkdir(parents=True)
         options = f"--course=add-course --Exchange.root={exchange}"
-        shell(f"nbgrader fetch_assignment {ASSIGNMENT} {options}", cwd=home)
-        if learner != "stubs":
-            path = home / ASSIGNMENT / NOTEBOOK
-            path.write_text(json.dumps(answered(json.loads(path.read_text()), wrong=learner == "wrong")))
-        shell(f"nbgrader submit {ASSIGNMENT} --student={learner} {options}", cwd=home)
+        shell(f"nbgrader fetch_assignment {assignment} {options}", cwd=home)
+        if wrong is not None:
+            path = home / assignment / notebook
+            path.write_text(json.dumps(answered(json.loads(path.read_text()), notebook, wrong)))
+        shell(f"nbgrader submit {assignment} --student={learner} {options}", cwd=home)
 
     course = work / "course"
     shell("\n".join(commands[split:]), cwd=course)
-    yield course
+    return course
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    work = tmp_path_factory.mktemp("teacher")
+    yield grade(work, ASSIGNMENT, NOTEBOOK, {"stubs": None, "correct": False, "wrong": True})
     shutil.rmtree(work, ignore_errors=True)
 
 
@@ -117,3 +124,16 @@ def test_feedback_shows_only_the_learners_own_errors(graded):
     assert [e.split(":")[0] for e in autograded["wrong"]] == ["CheckFailed"], autograded["wrong"]
     feedback = (graded / "feedback" / "wrong" / ASSIGNMENT / NOTEBOOK.replace(".ipynb", ".html")).read_text()
     assert WRONG_HINT in feedback, "the wrong answer's feedback does not show the checker's hint"
+
+
+def test_a_notebook_that_trains_grades_in_full(tmp_path):
+    """Notebook 04 trains three discriminators in one cell, minutes long: under the README's configuration no
+    cell is interrupted, and a learner who answers everything gets every point with no error in the feedback."""
+    notebook = "04_discriminator_r1.ipynb"
+    checks = sum("checks.check_" in "".join(cell["source"]) and cell["cell_type"] == "code"
+                 for cell in json.loads((ROOT / "solutions" / notebook).read_text())["cells"])
+    course = grade(tmp_path, "discriminator_r1", notebook, {"correct": False})
+    with open(course / "grades.csv") as f:
+        (row,) = csv.DictReader(f)
+    assert (float(row["score"]), float(row["max_score"])) == (checks, checks)
+    assert errors(course / "autograded" / "correct" / "discriminator_r1" / notebook) == []
