@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.datasets import to_uint8
-from addlib.loading import from_folder_or_hub
+from addlib.loading import from_folder_or_hub, model_device
 
 CLIP_MODEL = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"  # the ADD paper's CLIP score model
 FID_FEATURES = 2048  # Inception-v3's pool features, FID's own
@@ -65,7 +65,7 @@ class CLIPImageFeatures(torch.nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         pixels = self.processor(images=list(images.cpu()), return_tensors="pt")["pixel_values"]
-        device = next(self.model.parameters()).device
+        device = model_device(self.model)
         return _embeddings(self.model.get_image_features(pixel_values=pixels.to(device))).float()
 
 
@@ -74,7 +74,7 @@ def clip_score(images: torch.Tensor, prompts: list[str], model, processor, batch
     """The mean over images (N, 3, H, W) in [-1, 1] of 100 max(cos(image embedding, prompt embedding), 0)."""
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
-    device, scores = next(model.parameters()).device, []
+    device, scores = model_device(model), []
     for start in range(0, len(prompts), batch_size):
         inputs = processor(text=prompts[start:start + batch_size], images=list(to_uint8(
             images[start:start + batch_size]).cpu()), return_tensors="pt", padding=True).to(device)

@@ -31,6 +31,7 @@ import torch
 
 from addlib.errors import check_images
 from addlib.evaluators import AttributeClassifier
+from addlib.loading import model_device
 from addlib.shapes import ATTRIBUTES, SEEDS, labels_to_attributes, make_shapes, parse_caption
 
 REFERENCE_SEED = SEEDS["reference"]  # held-out real images: no training run draws from this seed
@@ -76,15 +77,11 @@ def feature_statistics(features: torch.Tensor | np.ndarray) -> tuple[torch.Tenso
     return features.mean(dim=0), torch.cov(features.T)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.no_grad()
 def _classifier_features(images: torch.Tensor, classifier: AttributeClassifier, batch_size: int) -> torch.Tensor:
     """The classifier's penultimate features (N, D) of images (N, 3, 32, 32), computed batch by batch."""
     check_images("images", images)
-    device = _device(classifier)
+    device = model_device(classifier)
     return torch.cat([classifier.features(batch.to(device)).cpu() for batch in images.split(batch_size)])
 
 
@@ -116,7 +113,7 @@ class Reading(NamedTuple):
 @torch.no_grad()
 def read_images(images: torch.Tensor, classifier: AttributeClassifier, batch_size: int = 512) -> Reading:
     """The classifier's attribute labels and "none of these", and the blob count, of images (N, 3, H, W)."""
-    device = _device(classifier)
+    device = model_device(classifier)
     batches = [batch.to(device) for batch in images.split(batch_size)]
     return Reading(torch.cat([classifier.predict(batch).cpu() for batch in batches]),
                    torch.cat([classifier.rejects(batch).cpu() for batch in batches]), count_shapes(images))

@@ -20,8 +20,9 @@ denoising step in turn, decode. :class:`StreamDiffusion` keeps only the network 
 Each step of the pipe is ADD's multi-step sampler (:func:`addlib.sampling.renoise_step`), which is also what
 diffusers' ``LCMScheduler`` computes: the UNet's x0, noised afresh to the next timestep, here with each slot's
 fixed noise. Guidance is done in x0-space, so that full CFG stays defined at t = 999 where a zero-terminal-SNR
-schedule leaves no signal (residual CFG divides by alpha_t, 0 there, and is refused at t = 999). Where StreamDiffusion's own code breaks (its issues #65, #76, #109, #126; a CUDA-only timer),
-this one differs, as the docstrings say.
+schedule leaves no signal (residual CFG divides by alpha_t, 0 there, and is refused at t = 999). Where
+StreamDiffusion's own code breaks (its issues #65, #76, #109, #126; a CUDA-only timer), this one differs, as the
+docstrings say.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A teacher's nbgrader workflow, run as README.md's "For teachers" writes it, on notebook 01, and once on
 notebook 04, whose training cell runs for minutes.
 
-On notebook 01 three learners submit: one hands the stubs back unchanged, one answers everything, one gets one answer wrong.
+On notebook 01 three learners submit: one hands the stubs back unchanged, one answers everything, one gets one
+answer wrong.
 Autograde must score them 0, full and one point less, and no feedback may show an interrupted cell or a
 knock-on error: the only errors allowed are the learners' own.
 """

@@ -121,7 +121,8 @@ def test_figures_in_the_text_are_the_outputs(path):
         for figure in FIGURE.findall(cell.source):
             if figure in printed or (cites_docs and figure in docs) or (path.stem, figure) in QUOTED_ELSEWHERE:
                 continue
-            wrong.append(f"cell {index}: {figure}" + ("" if cites_docs else " (nor does the cell cite docs/benchmarks.md)"))
+            uncited = "" if cites_docs else " (nor does the cell cite docs/benchmarks.md)"
+            wrong.append(f"cell {index}: {figure}{uncited}")
     assert not wrong, f"{path.name} quotes figures that no output prints: {'; '.join(wrong)}"
 
 
