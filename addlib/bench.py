@@ -20,6 +20,7 @@ One function per subcommand; each builds a list of rows (dicts with the same key
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -139,22 +140,34 @@ def bench_teacher(args: argparse.Namespace) -> None:
     print_table(rows)
 
 
+# A student's row names the discriminator its recipe trained it with.
+STUDENT_LABELS = {"add": "ADD student", "ladd": "LADD student", "add+ladd": "ADD + LADD student"}
+
+
+def _student_label(folder: str) -> str:
+    recipe = Path(folder) / "recipe.json"
+    discriminator = json.loads(recipe.read_text())["config"].get("discriminator", "add") if recipe.exists() else None
+    return STUDENT_LABELS.get(discriminator, f"student: {Path(folder).name}")
+
+
 def bench_add(args: argparse.Namespace) -> None:
-    """The distilled students (ADD's, and LADD's where it exists) against the teacher, and students trained with
-    one change (notebooks 05 and 08; the course's targets below)."""
+    """The distilled students (the shipped one, and LADD's where it exists) against the teacher, and students
+    trained with one change (notebooks 05 and 08; the course's targets below)."""
     from addlib.evaluators import load_attribute_classifier
     from addlib.loading import load_pipeline
 
     torch.manual_seed(0)
     teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
     real, prompts, reference = _evaluation_set(args.num_images, args.prompts_seed)
-    student = load_pipeline(args.student)
-    # (model, pipeline, steps, guidance, sampler) of each row; the student samples as ADD
+    # (model, pipeline, steps, guidance, sampler) of each row; the students sample as ADD
     runs = [("teacher (DDIM)", teacher, steps, guidance, "ddim")
             for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance))]
-    runs += [("ADD student", student, steps, 1.0, "add") for steps in (1, 2, 4)]
-    if args.ladd_student:
-        runs += [("LADD student", load_pipeline(args.ladd_student), steps, 1.0, "add") for steps in (1, 2, 4)]
+    students = {}
+    for folder in (folder for folder in (args.student, args.ladd_student) if folder):
+        label = _student_label(folder)  # two students of one recipe are told apart by their folders
+        students[f"{label}: {Path(folder).name}" if label in students else label] = folder
+    runs += [(label, load_pipeline(folder), steps, 1.0, "add") for label, folder in students.items()
+             for steps in (1, 2, 4)]
     missing = [folder for folder in args.ablations if not (Path(folder) / "model_index.json").exists()]
     labels = {str(path): label for label, path in VARIANTS.items()}
     for folder in (folder for folder in args.ablations if folder not in missing):
@@ -167,7 +180,7 @@ def bench_add(args: argparse.Namespace) -> None:
     print(f"{args.num_images} prompts (captions of shapes seed {args.prompts_seed}), sampling seed {args.seed}, "
           f"{torch.get_num_threads()} threads, {teacher.device}; the student samples as ADD (x0, noised afresh)")
     print_table(rows)
-    _print_add_targets(rows)
+    _print_add_targets(rows, list(students))
     for folder in missing:
         print(f"(no ablation student in {folder}: train it with the command in docs/benchmarks.md)")
 
@@ -177,7 +190,7 @@ def bench_add(args: argparse.Namespace) -> None:
 ONE_STEP_ACCURACY_GAP, ONE_STEP_FID_RATIO, ONE_STEP_SEVERAL_SHAPES = 0.03, 1.2, 0.02
 
 
-def _print_add_targets(rows: list[dict]) -> None:
+def _print_add_targets(rows: list[dict], students: list[str]) -> None:
     """Each student's figures against the course's targets: at 1 step, those above; at 4 steps, at least as good
     as the teacher's 25 guided steps on accuracy and FID."""
     def figures(model: str, steps: int) -> tuple[float, float, float]:
@@ -186,7 +199,7 @@ def _print_add_targets(rows: list[dict]) -> None:
     accuracy, fid, _ = figures("teacher (DDIM)", 25)
     lowest, highest = accuracy - ONE_STEP_ACCURACY_GAP, ONE_STEP_FID_RATIO * fid
     print()
-    for student in dict.fromkeys(r["model"] for r in rows if r["model"] in ("ADD student", "LADD student")):
+    for student in students:
         one, four = figures(student, 1), figures(student, 4)
         print(f"{student} 1 step: accuracy {one[0]:.3f} vs teacher {accuracy:.3f} (target: within "
               f"{ONE_STEP_ACCURACY_GAP} = {lowest:.3f}): {_verdict(one[0] >= lowest)}; FID {one[1]:.1f} vs teacher "
@@ -322,7 +335,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     Returns the table's rows, for a plot."""
     from addlib.loading import load_pipeline, load_tiny_vae
     from addlib.shapes import moving_shapes
-    from addlib.stream import StreamDiffusion, diffusers_img2img
+    from addlib.stream import StreamDiffusion, diffusers_img2img, where_paths_part
 
     if args.num_frames < len(args.t_index_list):  # Stream Batch's outputs lag its inputs by len - 1 frames
         raise ValueError(f"--num-frames {args.num_frames} leaves no output of the {len(args.t_index_list)}-step "
@@ -390,7 +403,16 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
                     stream(one, vae=tiny, compile_mode=args.compile_mode))
     progress.close()
     _print_stream_table(args, rows, skipped, device, pipe.unet.dtype)
+    if args.stages:
+        print(f"\nwhere the one-step stream and the naive loop part, stage by stage (frame 0, t_index {args.t_index}):")
+        print_table(where_paths_part(pipe, moving[0], args.prompt, one, seed=args.seed))
     return rows
+
+
+# The stream against diffusers' loop, on images in [-1, 1]: float32 rounds at 6e-8, float16 at 5e-4 and bfloat16
+# at 4e-3 (half a unit in the last place at 1), and the two paths round the scheduler's arithmetic differently.
+STREAM_TOLERANCES = {torch.float32: ("float", 1e-4), torch.float16: ("float16", 1e-2),
+                     torch.bfloat16: ("bfloat16", 3e-2)}
 
 
 def _print_stream_table(args: argparse.Namespace, rows: list[dict], skipped: float, device, dtype) -> None:
@@ -406,8 +428,7 @@ def _print_stream_table(args: argparse.Namespace, rows: list[dict], skipped: flo
     bound = fps["stream"] / fps["compute bound: encode + UNet + decode"]
     print(f"\nstream (1 step): {bound:.0%} of the compute bound (target: at least 90%): {_verdict(bound >= 0.9)}")
     differences = [float(row["max abs diff vs naive"]) for row in rows if row["max abs diff vs naive"] != "-"]
-    # float32 rounds at 6e-8, float16 at 5e-4 and bfloat16 at 4e-3: a tolerance for each
-    precision, tolerance = ("float", 1e-4) if dtype == torch.float32 else ("half-precision", 3e-2)
+    precision, tolerance = STREAM_TOLERANCES[dtype]
     print(f"outputs against the naive loop: max abs diff {max(differences):.1e} (target: {precision} tolerance, "
           f"{tolerance:g}): {_verdict(max(differences) <= tolerance)}")
     batch, sequential = fps["stream, Stream Batch"], fps["stream, no Stream Batch"]
@@ -527,11 +548,11 @@ def _miniature_benchmarks(subcommands) -> None:
     _add_evaluation_set(teacher)
     teacher.set_defaults(run=bench_teacher)
 
-    add = subcommands.add_parser("add", help="the ADD and LADD students against the teacher, and ablations")
+    add = subcommands.add_parser("add", help="the distilled students against the teacher, and ablations")
     add.add_argument("--teacher", default=str(TEACHER_DIR), help="pipeline folder or hub id")
     add.add_argument("--student", default=str(STUDENT_DIR), help="pipeline folder of the distilled student")
     add.add_argument("--ladd-student", default=str(LADD_STUDENT_DIR),
-                     help="pipeline folder of the student distilled with LADD's discriminator; '' for none")
+                     help="pipeline folder of a second student (by default LADD's heads alone); '' for none")
     add.add_argument("--ablations", nargs="*", default=[str(f) for f in VARIANTS.values()],
                      help="student folders trained with one change (a loss weight, the data)")
     add.add_argument("--teacher-guidance", type=float, default=3.0)
@@ -578,6 +599,8 @@ def _miniature_benchmarks(subcommands) -> None:
     stream.add_argument("--compile-mode", choices=COMPILE_MODES,
                         help="add rows for the one-step stream compiled with torch.compile in this mode "
                              "(reduce-overhead: CUDA graphs on a GPU); its first frame includes the compilation")
+    stream.add_argument("--stages", action="store_true",
+                        help="also show where the one-step stream and the naive loop part, stage by stage")
     stream.set_defaults(run=bench_stream)
 
 

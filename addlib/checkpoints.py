@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import os
 from pathlib import Path
@@ -72,14 +73,36 @@ def resume_checkpoint(run_dir: Path, modules: dict, optimizers: dict, config: di
     return state
 
 
+def field_comments(config_class: type) -> dict[str, str]:
+    """Each field's comment in the source of a ``Config`` dataclass: the one on its line, else the comment lines
+    right above it. The comments document the configuration once; ``--help`` reads them from there."""
+    comments, block = {}, ""
+    for line in inspect.getsource(config_class).splitlines()[1:]:
+        code, _, comment = line.strip().partition("#")
+        if code.startswith(("def ", "@")):  # the fields are over
+            break
+        if not code:  # a comment line starts a block or goes on with one; a blank line ends it
+            block = f"{block} {comment.strip()}".strip() if comment else ""
+            continue
+        name = code.split(":")[0].strip()
+        if name.isidentifier() and ":" in code:
+            comments[name] = comment.strip() or block
+        block = ""
+    return comments
+
+
 def add_config_options(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One ``--option`` per field of a training ``Config`` dataclass, defaulting to the field's default."""
+    """One ``--option`` per field of a training ``Config`` dataclass, defaulting to the field's default and
+    described by its comment (:func:`field_comments`)."""
+    comments = field_comments(config_class)
     for field in dataclasses.fields(config_class):
         option = f"--{field.name.replace('_', '-')}"
+        text = comments.get(field.name, "").replace("%", "%%")  # argparse formats help with %
+        described = f"{text} (default: %(default)r)" if text else "(default: %(default)r)"
         if isinstance(field.default, bool):  # --flag / --no-flag: bool("False") would be True
-            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=field.default)
+            parser.add_argument(option, action=argparse.BooleanOptionalAction, default=field.default, help=text)
         else:
-            parser.add_argument(option, type=type(field.default), default=field.default)
+            parser.add_argument(option, type=type(field.default), default=field.default, help=described)
 
 
 def command_line(module: str, config: dict) -> str:

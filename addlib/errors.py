@@ -129,6 +129,20 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     return resolved
 
 
+def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, in one line, a precision ``device`` cannot run a convolution in (float16 on the CPU of an older
+    torch, bfloat16 on an older Mac's MPS): torch would fail later, deep inside the first network, and diffusers
+    only warns."""
+    if dtype == torch.float32:
+        return
+    try:
+        probe = torch.ones(1, 1, 2, 2, device=device, dtype=dtype)
+        torch.nn.functional.conv2d(probe, probe[:, :, :1, :1])
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(f"{dtype} convolutions do not run on {device} with torch {torch.__version__} "
+                         f"({str(error).splitlines()[0]}); use dtype=torch.float32 here, or another device") from None
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse's parser, whose errors are one line: the usage it would print first is one ``--help`` away."""
 

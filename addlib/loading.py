@@ -31,15 +31,16 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 transformers_logging.set_verbosity(_verbosity)
 
-from addlib.errors import resolve_device  # noqa: E402
+from addlib.errors import check_dtype_runs, resolve_device  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 TEACHER_DIR = DATA_DIR / "teacher"  # the miniature teacher, python -m addlib.train_teacher
-STUDENT_DIR = DATA_DIR / "student"  # the ADD student, python -m addlib.train_add
-LADD_STUDENT_DIR = DATA_DIR / "ladd_student"  # the LADD student, python -m addlib.train_add --discriminator ladd
+STUDENT_DIR = DATA_DIR / "student"  # the student: python -m addlib.train_add --discriminator add+ladd
+LADD_STUDENT_DIR = DATA_DIR / "ladd_student"  # LADD's heads alone: python -m addlib.train_add --discriminator ladd
 TINY_VAE_DIR = DATA_DIR / "tiny_vae"  # the miniature's TAESD, python -m addlib.train_tiny_vae
 HEALTH_DIR = DATA_DIR / "health"  # loss logs of short ADD runs that show a GAN's health (notebook 05)
-REBUILD = {TEACHER_DIR: "python -m addlib.train_teacher", STUDENT_DIR: "python -m addlib.train_add",
+REBUILD = {TEACHER_DIR: "python -m addlib.train_teacher",
+           STUDENT_DIR: "python -m addlib.train_add --discriminator add+ladd",
            LADD_STUDENT_DIR: f"python -m addlib.train_add --discriminator ladd --out {LADD_STUDENT_DIR}",
            TINY_VAE_DIR: "python -m addlib.train_tiny_vae"}
 
@@ -123,6 +124,7 @@ def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | N
     read from safetensors only (``use_safetensors=True``), so loading never unpickles anything.
     """
     device = resolve_device(device)
+    check_dtype_runs(dtype, device)
 
     def load(path):
         # quiet: diffusers' own notices (a hub it cannot reach, config keys of another release) would come
@@ -137,7 +139,8 @@ def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | N
                               "save one with addlib.loading.save_pipeline",
                               "use the shipped miniature: load_pipeline() with no argument")
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    with quiet_diffusers():  # diffusers warns that float16 cannot run on a CPU; check_dtype_runs has asked torch
+        return pipe.to(device)
 
 
 def pipeline_available(path: str | Path) -> bool:
@@ -160,6 +163,7 @@ def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | 
     id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in;
     give it the UNet's ``dtype`` (a stream in float16, say)."""
     device = resolve_device(device)
+    check_dtype_runs(dtype, device)
 
     def load(path):
         # diffusers' AutoencoderTiny writes block_out_channels into its own config, then warns on reading it back.

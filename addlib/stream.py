@@ -372,3 +372,43 @@ def diffusers_img2img(pipe, prompt: str, timesteps, seed: int = 0):
         return images * 2 - 1
 
     return run
+
+
+def where_paths_part(pipe, frame: torch.Tensor, prompt: str, t_index_list, seed: int = 0) -> list[dict]:
+    """Where the stream and diffusers' img2img loop (:func:`diffusers_img2img`) part on ``frame`` (3, H, W): each
+    stage's largest value and the largest difference between the two paths. Both run once, without Stream Batch,
+    with forward hooks on the modules they share: the VAE encoder's output, the input and output of each UNet
+    call, the decoder's input, and the image. In float32 they agree to rounding at every stage; a stage where
+    they first part by more says which computation to look at (in half precision: diffusers does the scheduler's
+    arithmetic in the pipeline's dtype, the stream in float32, so they part by a rounding at the UNet's input)."""
+    stream = StreamDiffusion(pipe, t_index_list, use_denoising_batch=False, height=frame.shape[-2],
+                             width=frame.shape[-1], seed=seed)
+    stream.prepare(prompt)
+    naive = diffusers_img2img(pipe, prompt, stream.timesteps, seed=seed)
+
+    def unet_output(output):
+        return output[0] if isinstance(output, tuple) else output.sample
+
+    def record(run) -> list[tuple[str, torch.Tensor]]:
+        seen, calls = [], []
+        hooks = [stream.vae.encoder.register_forward_hook(lambda m, i, o: seen.append(("VAE encoder output", o))),
+                 pipe.unet.register_forward_hook(lambda m, i, o: calls.append((i[0], unet_output(o)))),
+                 stream.vae.decoder.register_forward_hook(lambda m, i, o: seen.append(("decoder input", i[0])))]
+        try:
+            image = run(frame)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for k, (x, out) in enumerate(calls, 1):
+            seen[-1:-1] = [(f"UNet input, step {k}", x), (f"UNet output, step {k}", out)]
+        return seen + [("image", image)]
+
+    with torch.no_grad():
+        rows = []
+        for (stage, a), (_, b) in zip(record(naive), record(stream), strict=True):
+            a, b = a.float().cpu(), b.float().cpu()
+            largest, difference = a.abs().max().item(), (a - b).abs().max().item()
+            relative = difference / max(largest, 1e-12)
+            rows.append({"stage": stage, "largest abs value": f"{largest:.3g}",
+                         "largest difference": f"{difference:.1e}", "relative": f"{relative:.1e}"})
+    return rows

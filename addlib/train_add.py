@@ -1,6 +1,7 @@
 """Adversarial Diffusion Distillation: train a one-to-four-step student from the teacher (Sauer et al., 2023).
 
-    python -m addlib.train_add                          # the miniature student: data/student, run folder runs/add
+    python -m addlib.train_add                          # ADD on the miniature: into data/student, run folder runs/add
+    python -m addlib.train_add --discriminator add+ladd # the shipped student: ADD's and LADD's heads together
     python -m addlib.train_add --resume                 # go on from the last checkpoint after an interruption
     python -m addlib.train_add --distillation-weight 0 --out runs/adv-only --run-dir runs/adv-only-run
     accelerate launch --multi_gpu -m addlib.train_add ...               # the same loop on several GPUs
@@ -93,10 +94,10 @@ from addlib.shapes import SEEDS, make_shapes
 
 @dataclass
 class Config:
-    seed: int = SEEDS["add"]
+    seed: int = SEEDS["add"]  # fixes every draw: the shapes, noise, timesteps and initial heads
     teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
-    steps: int = 1000
-    batch_size: int = 32
+    steps: int = 1000  # one-step quality peaked near 1,000 on the miniature and then drifted (docs/benchmarks.md)
+    batch_size: int = 32  # real images per step
     # The shapes world; "teacher": images the teacher generates from `prompts` (LADD; addlib.generate); an
     # image-caption folder; or "hf:<id>", a Hugging Face dataset id or saved folder (addlib.datasets).
     dataset: str = "shapes"
@@ -104,7 +105,7 @@ class Config:
     num_prompts: int = 2048  # for "teacher": at most this many, the file's first, or this many shapes captions
     generation_steps: int = 25  # for "teacher": DDIM steps per image, guided by teacher_guidance_scale
     image_column: str = "image"  # for "hf:": the dataset's columns
-    caption_column: str = "text"
+    caption_column: str = "text"  # for "hf:": the captions' column
     resolution: int = 32  # of the training images
     omit_prob: float = 0.5  # shapes captions leave out each attribute but the shape this often, as the teacher's
     student_timesteps: str = "999,749,499,249"  # T_student, the paper's four
@@ -115,13 +116,13 @@ class Config:
     # and 4-step FID (docs/benchmarks.md). 0 trains with the adversarial loss alone.
     distillation_weight: float = 25.0
     weighting: str = "exponential"  # c(t) of L_distill: exponential, sds or nfsd
-    teacher_guidance_scale: float = 3.0
-    ema_decay: float = 0.995
+    teacher_guidance_scale: float = 3.0  # classifier-free guidance of the teacher's target in L_distill
+    ema_decay: float = 0.995  # of the student's weights; the EMA is what gets exported
     # the discriminator: "add", heads on a frozen feature network's features of the decoded images (the paper's);
     # "ladd", heads on the teacher UNet's own features of re-noised latents (LADD; addlib.latent_discriminator);
-    # "add+ladd", both sets of heads, their losses added
+    # "add+ladd", both sets of heads, their losses added (the shipped student's: docs/benchmarks.md)
     discriminator: str = "add"
-    discriminator_lr: float = 1e-3
+    discriminator_lr: float = 1e-3  # the heads' learning rate (the feature network stays frozen)
     r1_weight: float = 10.0  # gamma
     head_width: int = 64  # cmap_dim: the channels each head projects a token onto the condition with
     discriminator_verdict: str = "tokens"  # where the hinge reads the token logits: each token, or the image's mean
@@ -135,18 +136,18 @@ class Config:
     # timesteps. LADD's m = 1 leans towards high noise, where the teacher's features keep the layout but not the
     # form of a small shape (bench probe); here m = -1 beat it at one step and four (docs/benchmarks.md).
     ladd_layers: str = "down.1,mid,up.1"
-    ladd_t_mean: float = -1.0
-    ladd_t_std: float = T_STD
+    ladd_t_mean: float = -1.0  # for "ladd": m of the logit-normal noise levels (LADD's own: 1)
+    ladd_t_std: float = T_STD  # for "ladd": s of the logit-normal noise levels
     augment: str = "translation"  # DiffAugment policy; the miniature keeps only what leaves captions true
     # both optimisers: Adam with beta1 = 0, as GANs since StyleGAN
     adam_beta1: float = 0.0
-    adam_beta2: float = 0.99
-    grad_clip: float = 1.0
-    checkpoint_every: int = 250
+    adam_beta2: float = 0.99  # both optimisers' second-moment decay
+    grad_clip: float = 1.0  # the student's gradient norm is clipped to this
+    checkpoint_every: int = 250  # steps between checkpoints in --run-dir (a run resumes from the last)
     # memory
     mixed_precision: str = "no"  # "fp16" or "bf16" on a GPU
     lora_rank: int = 0  # 0 trains every UNet weight; r > 0 a rank-r LoRA on the attention projections
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute the UNet's activations in the backward pass: less memory
     tiny_vae: str = ""  # "" decodes with the teacher's VAE; "miniature" (data/tiny_vae), or a folder or hub id
 
     def timesteps(self) -> list[int]:
@@ -233,6 +234,7 @@ class ADDTrainer:
     def __init__(self, config: Config, accelerator: Accelerator):
         config.check()
         self.config, self.accelerator = config, accelerator
+        self.check_finite = check_finite  # train() gives it its Run's, which names the last good checkpoint
         device = accelerator.device
         self.teacher = load_pipeline(TEACHER_DIR if config.teacher == "miniature" else config.teacher, device=device)
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
@@ -336,7 +338,7 @@ class ADDTrainer:
         self.discriminator.heads.requires_grad_(False)
         with accelerator.autocast():
             loss, (adversarial, distill), x_theta, fake = self.generator_loss(**inputs)
-        check_finite(loss, "student", step, fix="lower the learning rates")
+        self.check_finite(loss, "student", step, fix="lower the learning rates")
         norms = gradient_norms({"adversarial": config.adversarial_weight * adversarial,
                                 "distillation": config.distillation_weight * distill},
                                list(self.trainable.parameters())) if measure else {}
@@ -353,7 +355,7 @@ class ADDTrainer:
             with accelerator.autocast(), self.teacher_without_adapters():
                 d_loss, stats = self.discriminator.loss(real, fake, config.r1_weight, generator,
                                                         **inputs["condition"])
-            check_finite(d_loss, "discriminator", step, fix="lower the learning rates")
+            self.check_finite(d_loss, "discriminator", step, fix="lower the learning rates")
             self.discriminator_optimizer.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
             for p in self.discriminator.heads.parameters():
@@ -446,6 +448,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     trainer = ADDTrainer(config, accelerator)
     run = Run(run_dir, trainer.modules(), trainer.optimizers(), config, resume, save=accelerator.is_main_process,
               step=0)
+    trainer.check_finite = run.check_finite
 
     def checkpoint() -> None:
         run.state["replica_max_difference"] = trainer.replica_difference()

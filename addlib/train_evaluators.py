@@ -42,25 +42,25 @@ NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in thi
 
 @dataclass
 class Config:
-    seed: int = SEEDS["evaluators"]
-    batch_size: int = 128
+    seed: int = SEEDS["evaluators"]  # fixes every draw: shapes, augmentations, initial weights
+    batch_size: int = 128  # images per step
     # Sized for 2 CPU cores: ~0.07 s per classifier step (~2.5 min) and ~0.26 s per ViT step (~6 min).
     classifier_steps: int = 2000  # every attribute is read perfectly by step 300; the rest refines the features
-    classifier_lr: float = 2e-3
+    classifier_lr: float = 2e-3  # the attribute classifier's peak learning rate (warm-up, then cosine decay to 10%)
     # the classifier's "none of these" stage (~1 min): it refuses no held-out real image and >= 99% of each kind
     # of held-out not-shape (data/evaluators/classifier/recipe.json)
     reject_steps: int = 1500
-    reject_lr: float = 2e-3
+    reject_lr: float = 2e-3  # the "none of these" stage's peak learning rate
     reject_blur: float = 0.8  # the largest Gaussian blur sigma, in pixels; each image draws its own in [0, it]
     vit_steps: int = 1400  # shape is the ViT's slow attribute: 89% after a 600-step run, the others >= 99.9%
-    vit_lr: float = 2e-3
-    warmup_steps: int = 100
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
+    vit_lr: float = 2e-3  # the tiny ViT's peak learning rate
+    warmup_steps: int = 100  # linear warm-up of each stage's learning rate
+    weight_decay: float = 0.01  # AdamW's
+    grad_clip: float = 1.0  # the gradient norm is clipped to this
     color_jitter: float = 0.04  # per-channel shift, in [-1, 1] units (5/255): well inside the gaps between colours
     noise_std: float = 0.04  # the largest pixel-noise std; each image draws its own in [0, noise_std]
-    eval_images: int = 2000
-    checkpoint_every: int = 500
+    eval_images: int = 2000  # held-out images each finished network is scored on
+    checkpoint_every: int = 500  # steps between checkpoints in --run-dir (a run resumes from the last)
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, config: Config) -> torch.Tensor:

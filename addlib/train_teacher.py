@@ -42,24 +42,24 @@ from addlib.shapes import SEEDS, make_shapes
 
 @dataclass
 class Config:
-    seed: int = SEEDS["teacher"]
-    resolution: int = 32
+    seed: int = SEEDS["teacher"]  # fixes every draw: shapes, noise, timesteps, initial weights
+    resolution: int = 32  # of the images, in pixels (the VAE's latents are 4x smaller)
     # stage 1: the VAE
     vae_steps: int = 3000
-    vae_batch_size: int = 32
-    vae_lr: float = 1e-3
+    vae_batch_size: int = 32  # images per VAE step
+    vae_lr: float = 1e-3  # the VAE's peak learning rate (warm-up, then cosine decay)
     kl_weight: float = 1e-6  # as in Stable Diffusion's VAE: the latents stay close to the images
-    perceptual_weight: float = 0.1
+    perceptual_weight: float = 0.1  # of the distance in the tiny ViT's features, added to the VAE's pixel loss
     # stage 2: text encoder + UNet
     unet_steps: int = 7000
-    batch_size: int = 64
-    lr: float = 5e-4
-    warmup_steps: int = 250
+    batch_size: int = 64  # captioned images per UNet step
+    lr: float = 5e-4  # the UNet's and text encoder's peak learning rate (warm-up, then cosine decay to 10%)
+    warmup_steps: int = 250  # linear warm-up of both stages' learning rates
     omit_prob: float = 0.5  # captions leave out each attribute but the shape this often (see addlib.shapes)
-    uncond_prob: float = 0.1
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    checkpoint_every: int = 500
+    uncond_prob: float = 0.1  # captions dropped to the empty prompt this often, so classifier-free guidance can work
+    ema_decay: float = 0.999  # of the UNet's weights; the EMA is what gets exported
+    grad_clip: float = 1.0  # the UNet's gradient norm is clipped to this
+    checkpoint_every: int = 500  # steps between checkpoints in --run-dir (a run resumes from the last)
 
 
 PERCEPTUAL_LAYERS = (1, 3, 5)

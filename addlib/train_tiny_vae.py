@@ -37,13 +37,13 @@ from addlib.shapes import SEEDS, make_shapes
 
 @dataclass
 class Config:
-    seed: int = SEEDS["tiny_vae"]
-    steps: int = 2000
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 100
+    seed: int = SEEDS["tiny_vae"]  # fixes every draw: shapes, latents, noise, initial weights
+    steps: int = 2000  # training steps
+    batch_size: int = 32  # images per step
+    lr: float = 2e-3  # peak learning rate (warm-up, then cosine decay to 10%)
+    warmup_steps: int = 100  # linear warm-up of the learning rate
     latent_noise: float = 0.3  # each latent is nudged by noise of a std drawn from [0, latent_noise]
-    checkpoint_every: int = 500
+    checkpoint_every: int = 500  # steps between checkpoints in --run-dir (a run resumes from the last)
 
 
 def tiny_vae_loss(tiny: AutoencoderTiny, vae, images: torch.Tensor, generator: torch.Generator,

@@ -19,7 +19,7 @@ from addlib.distillation import decode_latents, distillation_loss, teacher_targe
 from addlib.errors import resolve_device
 from addlib.evaluators import AttributeClassifier, TinyViT, load_attribute_classifier
 from addlib.latent_discriminator import teacher_tokens
-from addlib.loading import load_pipeline
+from addlib.loading import load_pipeline, load_tiny_vae
 from addlib.metrics import prompt_accuracy, shapes_fid
 from addlib.miniature import build_pipeline
 from addlib.sampling import encode_prompts, sample
@@ -129,6 +129,19 @@ def test_a_gpu_index_past_the_last_is_refused(monkeypatch):
     with pytest.raises(ValueError, match=r"^device 'cuda:1' asked for, but torch sees 1 CUDA GPU\(s\) here; "
                                          r"available here: 'cpu', 'cuda:0'; use device='cuda:0'"):
         resolve_device("cuda:1")
+
+
+def test_a_precision_the_device_cannot_convolve_in_is_refused_before_loading(monkeypatch):
+    def unsupported(input, weight, *args, **kwargs):  # what an older torch says of float16 on a CPU
+        raise RuntimeError(f'"slow_conv2d_cpu" not implemented for {str(input.dtype)!r}')
+
+    assert load_pipeline(dtype=torch.float16).unet.dtype == torch.float16  # this torch runs it: no refusal
+    monkeypatch.setattr(torch.nn.functional, "conv2d", unsupported)
+    for load in (load_pipeline, load_tiny_vae):
+        with pytest.raises(ValueError, match=r"^torch.float16 convolutions do not run on cpu with torch .* "
+                                             r'\("slow_conv2d_cpu" not implemented .*\); use dtype=torch.float32'):
+            load(dtype=torch.float16)
+    load_pipeline(dtype=torch.float32)  # float32 needs no probe
 
 
 LOADERS = re.compile(r"\b(load_pipeline|load_tiny_vae|load_attribute_classifier|load_feature_network|Accelerator)\(")

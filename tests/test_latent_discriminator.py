@@ -146,13 +146,13 @@ def test_in_the_trainer_the_generator_loss_trains_the_student_alone():
     assert x_theta.shape == inputs["latents"].shape
 
 
-def test_the_shipped_ladd_student_differs_from_the_shipped_add_student_in_its_discriminator_alone():
+def test_the_shipped_students_differ_in_their_discriminators_alone():
     """data/ladd_student is the comparison notebook 08 draws: the same recipe, seed and length as data/student,
-    with LADD's discriminator at the miniature's default noise levels (settings data/student's recipe predates
-    are at their defaults)."""
-    add, ladd = (json.loads((folder / "recipe.json").read_text())["config"]
-                 for folder in (STUDENT_DIR, LADD_STUDENT_DIR))
+    with LADD's heads alone where the student has ADD's beside them, at the miniature's default noise levels
+    (settings a recipe predates are at their defaults)."""
+    student, ladd = (json.loads((folder / "recipe.json").read_text())["config"]
+                     for folder in (STUDENT_DIR, LADD_STUDENT_DIR))
     defaults = vars(Config())
     assert ladd["discriminator"] == "ladd" and ladd["ladd_t_mean"] == defaults["ladd_t_mean"] == -1.0
-    differences = {key: value for key, value in ladd.items() if add.get(key, defaults[key]) != value}
-    assert differences == {"discriminator": "ladd"}
+    differences = {key: value for key, value in ladd.items() if student.get(key, defaults[key]) != value}
+    assert student["discriminator"] == "add+ladd" and differences == {"discriminator": "ladd"}

@@ -63,11 +63,18 @@ def test_image_size_the_vae_cannot_take_is_refused():
         ADDTrainer(Config(resolution=30), Accelerator())
 
 
-def test_nan_stops_with_a_clear_message(tmp_path, monkeypatch):
-    real_loss = train_add.distillation_loss
-    monkeypatch.setattr(train_add, "distillation_loss", lambda *a, **k: real_loss(*a, **k) * float("nan"))
-    with pytest.raises(FloatingPointError, match="student loss became nan at step 0"):
+def test_nan_stops_with_a_clear_message_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
+    real_loss, calls = train_add.distillation_loss, []
+
+    def nan_at_third_step(*args, **kwargs):
+        calls.append(1)
+        return real_loss(*args, **kwargs) * (float("nan") if len(calls) == 3 else 1)
+
+    monkeypatch.setattr(train_add, "distillation_loss", nan_at_third_step)
+    with pytest.raises(FloatingPointError, match=r"student loss became nan at step 2; the last good checkpoint "
+                                                 r"\(step 2\) is in .*run: lower the learning rates"):
         train(Config(**TINY), tmp_path / "out", tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "checkpoint.json").read_text())["state"]["step"] == 2
 
 
 @pytest.mark.parametrize("timesteps, message", [("999,1000", r"in \[0, 999\]"), ("249,999", "from high to low"),
