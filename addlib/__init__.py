@@ -27,7 +27,9 @@ Data, models and measurement
     evaluators       the attribute classifier and TinyViT that measure the miniature and feed its discriminator
     rehearsal        the hub models' architectures from their published configs, with random weights
     timing           frames per second, and the compute bound a stream approaches (bench, notebook 07)
-    bench            every speed and quality table of docs/benchmarks.md: ``python -m addlib.bench ...``
+    bench            every speed and quality table of docs/benchmarks.md: ``python -m addlib.bench ...``; the
+                     course's targets in bench.tables, a module per kind of measurement (quality, discriminators,
+                     streaming, real_scale)
 
 Training the shipped models (each records its command in data/<model>/recipe.json)
     train_teacher, train_tiny_vae, train_evaluators

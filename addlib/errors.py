@@ -90,6 +90,8 @@ def check_images(name: str, images, ndim: int | None = 4) -> None:
     if ndim is not None and (images.ndim != ndim or images.shape[-3] != 3):
         raise ValueError(f"{name} must have shape ({'N, ' if ndim == 4 else ''}3, H, W), RGB, got shape "
                          f"{tuple(images.shape)}")
+    if images.numel() == 0:  # torch's own error would come later, from aminmax or a cat, and name neither
+        raise ValueError(f"{name} is empty (shape {tuple(images.shape)}); pass at least one image")
     # One pass and one wait for the device: a NaN or an infinity shows in the smallest or the largest value.
     low, high = torch.stack(torch.aminmax(images.detach())).tolist()
     if not math.isfinite(low) or not math.isfinite(high):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 
@@ -29,10 +30,10 @@ from tqdm import tqdm  # a text bar: in a notebook its last state stays in the s
 
 from addlib.datasets import to_uint8
 from addlib.errors import OneLineParser, at_least, check_integer, run_command
-from addlib.loading import DATA_DIR, TEACHER_DIR, load_pipeline
+from addlib.loading import DATA_DIR, load_pipeline
 from addlib.miniature import check_prompts
 from addlib.runs import step_generator
-from addlib.sampling import image_size, sample, vae_factor
+from addlib.sampling import check_image_size, image_size, sample, vae_factor
 
 SETTINGS_FILE = "generation.json"
 METADATA_FILE = "metadata.jsonl"
@@ -126,11 +127,18 @@ def generate(pipe, prompts: list[str], out: str | Path | None = None, *, teacher
     folder ``out``, continuing a folder made with the same settings; ``teacher`` names ``pipe`` in the record.
     Without ``out``, the folder is one of ``root`` named for the settings (:func:`cache_folder`), so runs that
     agree on them share one generation and runs that do not never meet. Returns the folder."""
+    # Everything is checked before the folder is claimed: a refused run leaves nothing behind.
+    if isinstance(prompts, str):
+        raise TypeError(f"prompts must be a list of prompts, got the string {prompts!r}; pass [{prompts!r}]")
     check_integer("num_inference_steps", num_inference_steps, 1)
     check_integer("batch_size", batch_size, 1)
+    if not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number (1 for none, the course uses 3), got "
+                         f"{guidance_scale}")
     check_prompts(pipe.tokenizer, prompts)  # every prompt, before the first image
     factor = vae_factor(pipe.vae)
-    resolution = resolution or image_size(pipe)
+    resolution = image_size(pipe) if resolution is None else resolution
+    check_image_size("resolution", resolution, factor)
     settings = settings_of(teacher, prompts, num_inference_steps, guidance_scale, seed, resolution)
     out = cache_folder(root, settings) if out is None else Path(out)
     done = _claim(out, settings)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=at_least(1), default=16)
     args = parser.parse_args(argv)
     prompts = read_prompts(args.prompts) if args.prompts else shapes_prompts(args.shapes, args.seed)
-    pipe = load_pipeline(TEACHER_DIR if args.teacher == "miniature" else args.teacher)
+    pipe = load_pipeline(args.teacher)
     with torch.autocast("cuda", enabled=pipe.device.type == "cuda"):
         out = generate(pipe, prompts, args.out, teacher=args.teacher, num_inference_steps=args.steps,
                        guidance_scale=args.guidance_scale, seed=args.seed, resolution=args.resolution,

@@ -116,13 +116,18 @@ def from_folder_or_hub(load, path: str | Path, what: str, marker: str, rebuild: 
                       f"cannot be reached{offline_now}; offline, {offline}") from None
 
 
+MINIATURE = "miniature"  # names the shipped model wherever a folder or hub id is asked for
+
+
 def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
     """Load a diffusers Stable Diffusion folder or hub id, with one-line errors for the common failures.
 
-    Defaults to the shipped miniature teacher, in float32 on CUDA when present, else on the CPU. Weights are
-    read from safetensors only (``use_safetensors=True``), so loading never unpickles anything.
+    Defaults to the shipped miniature teacher (also ``"miniature"``), in float32 on CUDA when present, else on
+    the CPU. Weights are read from safetensors only (``use_safetensors=True``), so loading never unpickles
+    anything.
     """
+    path = TEACHER_DIR if str(path) == MINIATURE else path
     device = resolve_device(device)
     check_dtype_runs(dtype, device)
 
@@ -159,9 +164,10 @@ def pipeline_available(path: str | Path) -> bool:
 
 def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
-    """A frozen ``AutoencoderTiny``: the miniature's (``python -m addlib.train_tiny_vae``) or a folder or hub
-    id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes the scaled latents the UNet works in;
-    give it the UNet's ``dtype`` (a stream in float16, say)."""
+    """A frozen ``AutoencoderTiny``: the miniature's (the default, or ``"miniature"``; ``python -m
+    addlib.train_tiny_vae``) or a folder or hub id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes
+    the scaled latents the UNet works in; give it the UNet's ``dtype`` (a stream in float16, say)."""
+    path = TINY_VAE_DIR if str(path) == MINIATURE else path
     device = resolve_device(device)
     check_dtype_runs(dtype, device)
 

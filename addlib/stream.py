@@ -27,6 +27,8 @@ docstrings say.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from addlib.errors import check_images
@@ -128,6 +130,15 @@ class StreamDiffusion:
             raise ValueError(f"unknown cfg_type {cfg_type!r}; choose one of {', '.join(CFG_TYPES)}")
         if num_inference_steps is None:
             num_inference_steps = getattr(pipe.scheduler.config, "original_inference_steps", None) or 50
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be an integer of at least 1 (the grid t_index_list indexes), "
+                             f"got {num_inference_steps!r}")
+        if cfg_type != "none" and not (math.isfinite(guidance_scale) and guidance_scale >= 1):
+            raise ValueError(f"guidance_scale must be a finite number of at least 1 with cfg_type {cfg_type!r} (1 "
+                             f"turns guidance off; below 1 it pulls towards the negative), got {guidance_scale}")
+        if not (math.isfinite(delta) and delta >= 0):
+            raise ValueError(f"delta, residual CFG's weight on the virtual negative, must be a finite number of at "
+                             f"least 0 (StreamDiffusion uses 0 to 1), got {delta}")
         if not isinstance(t_index_list, (list, tuple)):
             raise TypeError(f"t_index_list must be a list of timestep indices such as [2] or [1, 2, 3], got "
                             f"{t_index_list!r}")
@@ -150,8 +161,8 @@ class StreamDiffusion:
         # Looked up once: diffusers' ModelMixin.device and .dtype walk every submodule, a millisecond each.
         self.device, self.dtype = pipe.unet.device, pipe.unet.dtype
         self.factor = vae_factor(pipe.vae)
-        self.height = height or image_size(pipe)
-        self.width = width or image_size(pipe)
+        self.height = image_size(pipe) if height is None else height
+        self.width = image_size(pipe) if width is None else width
         check_image_size("height", self.height, self.factor)
         check_image_size("width", self.width, self.factor)
         self.timesteps = ddim_timesteps(num_inference_steps)[t_index_list]  # (n,), from high to low

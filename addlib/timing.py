@@ -49,6 +49,8 @@ def time_frames(make, frames: torch.Tensor, repeats: int = 1, device: torch.devi
     """Time ``repeats`` passes of a fresh ``make()`` over ``frames``, each frame on its own clock. ``make`` does
     its set-up (prepare, warm-up) and returns ``frame -> output``; the set-up counts only towards the first
     frame's wait."""
+    if len(frames) == 0 or repeats < 1:
+        raise ValueError(f"nothing to time: {len(frames)} frames and {repeats} repeats; pass at least one of each")
     seconds, first_frame, outputs = [], None, None
     with torch.no_grad():
         for _ in range(repeats):

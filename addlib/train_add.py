@@ -62,6 +62,7 @@ from accelerate import Accelerator
 from addlib.checkpoints import parse_run_arguments
 from addlib.datasets import open_dataset
 from addlib.discriminator import (
+    DINOV2_ID,
     Discriminator,
     JointDiscriminator,
     ProjectedDiscriminator,
@@ -77,15 +78,7 @@ from addlib.errors import OneLineParser, check_config, run_command
 from addlib.forward_process import add_noise
 from addlib.generate import generate, read_prompts, shapes_prompts
 from addlib.latent_discriminator import T_MEAN, T_STD, LatentDiscriminator, check_logit_normal
-from addlib.loading import (
-    STUDENT_DIR,
-    TEACHER_DIR,
-    TINY_VAE_DIR,
-    load_pipeline,
-    load_tiny_vae,
-    quiet_diffusers,
-    save_pipeline,
-)
+from addlib.loading import STUDENT_DIR, load_pipeline, load_tiny_vae, quiet_diffusers, save_pipeline
 from addlib.lora import add_lora, merge_lora
 from addlib.runs import Run, TrainableParameters, check_finite, ema_update, step_generator
 from addlib.sampling import check_image_size, encode_prompts, posterior_sample, text_encoder_output, vae_factor
@@ -213,7 +206,7 @@ STABLE_DIFFUSION = dict(
     discriminator_lr=1e-5,  # the paper gives one learning rate for both networks
     distillation_weight=2.5,  # lambda, the paper's
     teacher_guidance_scale=7.5,  # Stable Diffusion's usual guidance for the teacher's targets
-    feature_network="facebook/dinov2-small",  # DINOv2 ViT-S/14, the paper's discriminator features
+    feature_network=DINOV2_ID,  # DINOv2 ViT-S/14, the paper's discriminator features
     discriminator_layers="2,5,8,11",  # four evenly spaced blocks of twelve, as StyleGAN-T hooks DINO
     discriminator_conditioning="text,image",  # c_text and c_img, the paper's (Table 1b)
     ladd_t_mean=T_MEAN,  # LADD's, should --discriminator ladd replace the paper's DINOv2
@@ -236,7 +229,7 @@ class ADDTrainer:
         self.config, self.accelerator = config, accelerator
         self.check_finite = check_finite  # train() gives it its Run's, which names the last good checkpoint
         device = accelerator.device
-        self.teacher = load_pipeline(TEACHER_DIR if config.teacher == "miniature" else config.teacher, device=device)
+        self.teacher = load_pipeline(config.teacher, device=device)
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
             part.requires_grad_(False)
         check_image_size("resolution", config.resolution, vae_factor(self.teacher.vae))
@@ -249,7 +242,7 @@ class ADDTrainer:
         self.ema = TrainableParameters(self.student, copy=True)
         self.decoder = self.teacher.vae
         if config.tiny_vae:
-            self.decoder = load_tiny_vae(TINY_VAE_DIR if config.tiny_vae == "miniature" else config.tiny_vae, device)
+            self.decoder = load_tiny_vae(config.tiny_vae, device)
         # Not handed to accelerate.prepare: DDP would hide the methods R1 needs, and the heads' gradients
         # are averaged across processes by hand (see step).
         self.discriminator = make_discriminator(config, self.teacher).to(device)

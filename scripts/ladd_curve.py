@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from addlib.bench import _evaluation_set, _quality_row
+from addlib.bench.quality import evaluation_set, quality_row
 from addlib.checkpoints import resume_checkpoint
 from addlib.evaluators import load_attribute_classifier
 from addlib.runs import set_lr
@@ -45,13 +45,13 @@ if args.start:  # the checkpoint's recipe must be this one but for its length
     start = resume_checkpoint(args.start, trainer.modules(), trainer.optimizers(),
                               vars(config) | {"steps": saved["steps"]})["step"]
 classifier = load_attribute_classifier()
-_, prompts, reference = _evaluation_set(args.num_prompts, CHOOSING_SEED)
+_, prompts, reference = evaluation_set(args.num_prompts, CHOOSING_SEED)
 curve = []
 for step in range(start, args.steps + 1):
     if step > start and step % args.every == 0:
         pipe, row = student_pipeline(trainer), {"step": step}
         for sampling_steps in (1, 4):
-            quality = _quality_row(sample(pipe, prompts, sampling_steps, seed=1, sampler="add"), prompts, reference,
+            quality = quality_row(sample(pipe, prompts, sampling_steps, seed=1, sampler="add"), prompts, reference,
                                    classifier)
             row |= {f"{sampling_steps}: {key}": quality[key] for key in ("joint acc", "2+ shapes", "shapes-FID")}
         curve.append(row)

@@ -18,6 +18,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+# What makes the suite long: the notebooks (nbval), the website in Chromium, nbgrader grading a notebook, the
+# set-up cell's fresh virtual environment and torchrun. `-m "not slow"` leaves them out while developing.
+SLOW_FILES = {"test_website.py", "test_nbgrader.py", "test_setup_cell.py"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if item.path.suffix == ".ipynb" or item.path.name in SLOW_FILES or "two_processes" in item.name:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture
 def interrupt_at_call(monkeypatch):
     """``install(owner, name, call)`` makes ``owner.name`` raise KeyboardInterrupt on its ``call``-th call, as if

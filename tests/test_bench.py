@@ -10,17 +10,17 @@ def first_column(out: str) -> list[str]:
     return [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ")][1:]
 
 
-def test_teacher_bench_prints_quality_rows(capsys):
-    bench.main(["teacher", "--num-images", "16", "--steps", "1", "2", "--guidance-scales", "1"])
+def test_teacher_bench_returns_and_prints_quality_rows(capsys):
+    rows = bench.main(["teacher", "--num-images", "16", "--steps", "1", "2", "--guidance-scales", "1"])
     out = capsys.readouterr().out
-    assert first_column(out)[:2] == ["real images", "VAE round trip"]
-    assert first_column(out)[-2:] == ["teacher", "teacher"]
-    assert "joint acc" in out and "shapes-FID" in out
-    bench.main(["teacher", "--num-images", "16", "--steps", "1", "--guidance-scales", "1", "--prompts-seed", "8"])
-    other = capsys.readouterr().out
-    assert "captions of shapes seed 8" in other and "captions of shapes seed 7" in out
-    real_row = lambda text: next(line for line in text.splitlines() if line.startswith("| ") and "real images" in line)
-    assert real_row(other) != real_row(out), "another prompts seed must draw other real images"
+    assert [row["model"] for row in rows] == first_column(out)
+    assert [row["model"] for row in rows][:2] == ["real images", "VAE round trip"]
+    assert [(row["model"], row["steps"]) for row in rows[-2:]] == [("teacher", 1), ("teacher", 2)]
+    assert all(0 <= float(row["joint acc"]) <= 1 and float(row["shapes-FID"]) >= 0 for row in rows)
+    other = bench.main(["teacher", "--num-images", "16", "--steps", "1", "--guidance-scales", "1",
+                        "--prompts-seed", "8"])
+    assert "captions of shapes seed 8" in capsys.readouterr().out and "captions of shapes seed 7" in out
+    assert other[0] != rows[0], "another prompts seed must draw other real images"
 
 
 def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
@@ -28,11 +28,13 @@ def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
         train(Config(steps=1, batch_size=2, discriminator=discriminator), tmp_path / discriminator,
               tmp_path / f"run-{discriminator}")
     student, ladd = str(tmp_path / "add+ladd"), str(tmp_path / "ladd")
-    bench.main(["add", "--student", student, "--ladd-student", ladd, "--num-images", "16",
-                "--ablations", ladd, str(tmp_path / "missing")])
+    rows = bench.main(["add", "--student", student, "--ladd-student", ladd, "--num-images", "16",
+                       "--ablations", ladd, str(tmp_path / "missing")])
     out = capsys.readouterr().out  # each student is named by the discriminator its recipe trained it with
-    assert first_column(out) == ["real images", *["teacher (DDIM)"] * 3, *["ADD + LADD student"] * 3,
-                                 *["LADD student"] * 3, *["ablation: ladd"] * 2]
+    assert [row["model"] for row in rows] == first_column(out) == [
+        "real images", *["teacher (DDIM)"] * 3, *["ADD + LADD student"] * 3, *["LADD student"] * 3,
+        *["ablation: ladd"] * 2]
+    assert [row["steps"] for row in rows[4:7]] == [1, 2, 4]
     assert f"no ablation student in {tmp_path / 'missing'}" in out
     for name in ("ADD + LADD student", "LADD student"):
         assert f"\n{name} 1 step: accuracy" in out and f"\n{name} 4 steps: accuracy" in out

@@ -104,6 +104,18 @@ def test_a_prompt_longer_than_the_tokenizer_allows_is_refused_before_any_image()
         generate(pipe, ["a photo", "very " * 79], "unused", teacher="t")
 
 
+@pytest.mark.parametrize("prompts, change, message", [
+    ("a red circle", {}, r"prompts must be a list of prompts, got the string 'a red circle'; pass \['a red circle'\]"),
+    (["a red circle"], {"guidance_scale": float("nan")}, "guidance_scale must be a finite number .* got nan"),
+    (["a red circle"], {"resolution": 30}, "resolution 30 is not a positive multiple of the VAE's downsampling"),
+    (["a red circle"], {"resolution": 0}, "resolution 0 is not a positive multiple"),
+])
+def test_a_refused_generation_leaves_its_folder_untouched(tmp_path, teacher, prompts, change, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        generate(teacher, prompts, tmp_path / "data", **(SETTINGS | change))
+    assert not (tmp_path / "data").exists(), "nothing is written before the run is known to be valid"
+
+
 def test_the_command_line_refuses_an_empty_prompt_file_in_one_line(tmp_path):
     (tmp_path / "empty.txt").write_text("")
     result = subprocess.run([sys.executable, "-m", "addlib.generate", "--prompts", str(tmp_path / "empty.txt"),

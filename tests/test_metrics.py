@@ -182,6 +182,8 @@ def test_metrics_refuse_images_outside_minus_one_to_one():
         shapes_fid(images, images, FakeClassifier())
     with pytest.raises(ValueError, match=r"floating point in \[-1, 1\], got torch.uint8"):
         count_shapes(images.to(torch.uint8))
+    with pytest.raises(ValueError, match=r"images is empty \(shape \(0, 3, 32, 32\)\); pass at least one image"):
+        count_shapes(images[:0])
 
 
 def test_shapes_fid_compares_feature_distributions():

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from addlib.bench import max_difference
 from addlib.datasets import image_sequence
 from addlib.loading import STUDENT_DIR, load_pipeline, load_tiny_vae
 from addlib.shapes import moving_shapes
 from addlib.stream import SimilarityFilter, StreamDiffusion, diffusers_img2img
+from addlib.timing import max_difference
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +165,16 @@ def test_bad_input_gets_a_clear_error(student):
         StreamDiffusion(student, [0, 2], cfg_type="self", guidance_scale=1.5)
     with pytest.raises(ValueError, match="nearest valid height is 32"):
         StreamDiffusion(student, [1], height=30)
+    with pytest.raises(ValueError, match="height 0 is not a positive multiple"):  # not taken for "the default"
+        StreamDiffusion(student, [1], height=0)
+    with pytest.raises(ValueError, match="num_inference_steps must be an integer of at least 1.*got 0"):
+        StreamDiffusion(student, [0], num_inference_steps=0)
+    for guidance in (0.5, float("nan")):
+        with pytest.raises(ValueError, match=f"guidance_scale must be a finite number of at least 1 with cfg_type "
+                                             f"'full'.*got {guidance}"):
+            StreamDiffusion(student, [1], cfg_type="full", guidance_scale=guidance)
+    with pytest.raises(ValueError, match="delta, residual CFG's weight on the virtual negative, must be .* got -1"):
+        StreamDiffusion(student, [1], cfg_type="self", guidance_scale=1.5, delta=-1.0)
     stream = StreamDiffusion(student, [1])
     with pytest.raises(RuntimeError, match=r"call prepare\(prompt\)"):
         stream(torch.zeros(3, 32, 32))

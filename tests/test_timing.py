@@ -40,3 +40,9 @@ def test_max_difference_aligns_by_latency():
     reference = [torch.zeros(2), torch.ones(2)]
     assert max_difference([torch.full((2,), 5.0), torch.zeros(2), torch.ones(2)], reference, latency=1) == 0
     assert max_difference([torch.zeros(2), torch.full((2,), 1.5)], reference) == pytest.approx(0.5)
+
+
+def test_nothing_to_time_is_refused_rather_than_timed_as_zero():
+    for frames, repeats in ((torch.ones(0), 1), (torch.ones(3), 0)):
+        with pytest.raises(ValueError, match=f"nothing to time: {len(frames)} frames and {repeats} repeats"):
+            frames_per_second(sleeper(0.0, [0.0] * 3), frames, repeats)

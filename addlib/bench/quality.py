@@ -1,0 +1,220 @@
+"""The miniature's quality benchmarks: the shapes renderer's speed, the teacher against its sampling steps, and
+the distilled students against the teacher (notebooks 02, 05 and 08), by prompt accuracy and shapes-FID."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
+
+from addlib.bench.tables import (
+    ONE_STEP_ACCURACY_GAP,
+    ONE_STEP_FID_RATIO,
+    ONE_STEP_SEVERAL_SHAPES,
+    print_table,
+    verdict,
+)
+from addlib.errors import at_least
+from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
+from addlib.shapes import ATTRIBUTES, make_shapes
+
+# Students trained like the shipped one but for one change (docs/benchmarks.md): the loss ablation of ADD's
+# Table 1d, and LADD's setting, the teacher's own images in place of real ones, with and without L_distill.
+VARIANTS = {**{f"ablation: {name}": Path("runs/ablation") / name
+               for name in ("adversarial-only", "distillation-only", "both")},
+            **{f"teacher's images: {name}": Path("runs/synthetic") / name for name in ("both", "adversarial-only")}}
+
+
+def bench_shapes(args: argparse.Namespace) -> list[dict]:
+    """Time :func:`addlib.shapes.make_shapes` at each resolution (drawing, rendering and captions). Returns the
+    table's rows."""
+    rows = []
+    for resolution in args.resolutions:
+        make_shapes(64, resolution=resolution)  # warm-up: the first call pays for torch's lazy initialisation
+        start = time.perf_counter()
+        make_shapes(args.num_images, resolution=resolution)
+        seconds = time.perf_counter() - start
+        rows.append({"resolution": resolution, "images": args.num_images, "seconds": f"{seconds:.3f}",
+                     "images/s": f"{args.num_images / seconds:,.0f}"})
+    print_table(rows)
+    return rows
+
+
+def quality_row(images, prompts, reference, classifier) -> dict:
+    """Prompt accuracy (joint, closed-world joint, then per attribute), how many images the classifier refuses
+    and hold several shapes, and shapes-FID against ``reference`` real images."""
+    from addlib.metrics import prompt_accuracy, shapes_fid
+
+    accuracy = prompt_accuracy(images, prompts, classifier)
+    return {"joint acc": f"{accuracy['joint']:.3f}", "closed-world": f"{accuracy['closed-world joint']:.3f}",
+            # "-" for an attribute no prompt of a small set names
+            **{name: f"{accuracy[name]:.3f}" if name in accuracy else "-" for name in ATTRIBUTES},
+            "none of these": f"{accuracy['none of these']:.3f}", "2+ shapes": f"{accuracy['several shapes']:.3f}",
+            "shapes-FID": f"{shapes_fid(images, reference, classifier):.2f}"}
+
+
+def evaluation_set(num_images: int, seed: int):
+    """The prompts of every quality bench and FID's reference: the captions of held-out real images (shapes
+    ``seed``, the benchmark's REFERENCE_SEED unless chosen), and a second, disjoint real set; the first set
+    against it gives the real-vs-real floor."""
+    real, prompts, _ = make_shapes(num_images, seed=seed)
+    reference, _, _ = make_shapes(num_images, seed=seed, start=num_images)
+    return real, prompts, reference
+
+
+def _sampled_row(pipe, prompts, reference, classifier, steps: int, guidance: float, seed: int,
+                 sampler: str = "ddim") -> dict:
+    """Quality and seconds per image of ``steps`` sampling steps of ``pipe`` on ``prompts``."""
+    from addlib.sampling import sample
+
+    start = time.perf_counter()
+    images = sample(pipe, prompts, steps, guidance_scale=guidance, seed=seed, sampler=sampler)
+    seconds = (time.perf_counter() - start) / len(prompts)
+    return {"steps": steps, "guidance": guidance, **quality_row(images, prompts, reference, classifier),
+            "s/image": f"{seconds:.4f}"}
+
+
+def _unsampled_row(name: str, images, prompts, reference, classifier) -> dict:
+    """A row for images no sampler made (real ones, VAE round trips): quality only."""
+    return {"model": name, "steps": "-", "guidance": "-", **quality_row(images, prompts, reference, classifier),
+            "s/image": "-"}
+
+
+def bench_teacher(args: argparse.Namespace) -> list[dict]:
+    """Quality and wall time of the teacher against DDIM steps, with and without guidance (notebook 02). Returns
+    the table's rows."""
+    from addlib.evaluators import load_attribute_classifier
+    from addlib.loading import load_pipeline, load_tiny_vae
+
+    torch.manual_seed(0)
+    pipe, classifier = load_pipeline(args.model), load_attribute_classifier()
+    real, prompts, reference = evaluation_set(args.num_images, args.prompts_seed)
+    with torch.no_grad():  # the VAE alone, no diffusion: the ceiling of anything decoded by it
+        on_device = real.to(pipe.device)
+        round_trips = {"VAE round trip": pipe.vae.decode(pipe.vae.encode(on_device).latent_dist.mean).sample}
+        if args.model == str(TEACHER_DIR) and TINY_VAE_DIR.exists():
+            tiny = load_tiny_vae(device=pipe.device)
+            round_trips["tiny VAE round trip"] = tiny.decode(tiny.encode(on_device).latents).sample
+    rows = [_unsampled_row("real images", real, prompts, reference, classifier),
+            *(_unsampled_row(name, images.clamp(-1, 1), prompts, reference, classifier)
+              for name, images in round_trips.items())]
+    for guidance in args.guidance_scales:
+        for steps in args.steps:
+            rows.append({"model": "teacher", **_sampled_row(pipe, prompts, reference, classifier, steps, guidance,
+                                                             args.seed)})
+    print(f"{args.num_images} prompts (captions of shapes seed {args.prompts_seed}), sampling seed {args.seed}, "
+          f"DDIM, {torch.get_num_threads()} threads, {pipe.device}")
+    print_table(rows)
+    return rows
+
+
+# A student's row names the discriminator its recipe trained it with.
+STUDENT_LABELS = {"add": "ADD student", "ladd": "LADD student", "add+ladd": "ADD + LADD student"}
+
+
+def _student_label(folder: str) -> str:
+    recipe = Path(folder) / "recipe.json"
+    discriminator = json.loads(recipe.read_text())["config"].get("discriminator", "add") if recipe.exists() else None
+    return STUDENT_LABELS.get(discriminator, f"student: {Path(folder).name}")
+
+
+def bench_add(args: argparse.Namespace) -> list[dict]:
+    """The distilled students (the shipped one, and LADD's where it exists) against the teacher, and students
+    trained with one change (notebooks 05 and 08; the course's targets below). Returns the table's rows."""
+    from addlib.evaluators import load_attribute_classifier
+    from addlib.loading import load_pipeline
+
+    torch.manual_seed(0)
+    teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
+    real, prompts, reference = evaluation_set(args.num_images, args.prompts_seed)
+    # (model, pipeline, steps, guidance, sampler) of each row; the students sample as ADD
+    runs = [("teacher (DDIM)", teacher, steps, guidance, "ddim")
+            for steps, guidance in ((1, 1.0), (4, 1.0), (25, args.teacher_guidance))]
+    students = {}
+    for folder in (folder for folder in (args.student, args.ladd_student) if folder):
+        label = _student_label(folder)  # two students of one recipe are told apart by their folders
+        students[f"{label}: {Path(folder).name}" if label in students else label] = folder
+    runs += [(label, load_pipeline(folder), steps, 1.0, "add") for label, folder in students.items()
+             for steps in (1, 2, 4)]
+    missing = [folder for folder in args.ablations if not (Path(folder) / "model_index.json").exists()]
+    labels = {str(path): label for label, path in VARIANTS.items()}
+    for folder in (folder for folder in args.ablations if folder not in missing):
+        variant, label = load_pipeline(folder), labels.get(str(Path(folder)), f"ablation: {Path(folder).name}")
+        runs += [(label, variant, steps, 1.0, "add") for steps in (1, 4)]
+    rows = [_unsampled_row("real images", real, prompts, reference, classifier)]
+    for model, pipe, steps, guidance, sampler in tqdm(runs, desc="sampling and scoring", unit="row"):
+        rows.append({"model": model, **_sampled_row(pipe, prompts, reference, classifier, steps, guidance,
+                                                     args.seed, sampler)})
+    print(f"{args.num_images} prompts (captions of shapes seed {args.prompts_seed}), sampling seed {args.seed}, "
+          f"{torch.get_num_threads()} threads, {teacher.device}; the student samples as ADD (x0, noised afresh)")
+    print_table(rows)
+    _print_add_targets(rows, list(students))
+    for folder in missing:
+        print(f"(no ablation student in {folder}: train it with the command in docs/benchmarks.md)")
+    return rows
+
+
+def _print_add_targets(rows: list[dict], students: list[str]) -> None:
+    """Each student's figures against the course's targets: at 1 step, those above; at 4 steps, at least as good
+    as the teacher's 25 guided steps on accuracy and FID."""
+    def figures(model: str, steps: int) -> tuple[float, float, float]:
+        row = next(r for r in rows if r["model"] == model and r["steps"] == steps)
+        return float(row["joint acc"]), float(row["shapes-FID"]), float(row["2+ shapes"])
+    accuracy, fid, _ = figures("teacher (DDIM)", 25)
+    lowest, highest = accuracy - ONE_STEP_ACCURACY_GAP, ONE_STEP_FID_RATIO * fid
+    print()
+    for student in students:
+        one, four = figures(student, 1), figures(student, 4)
+        print(f"{student} 1 step: accuracy {one[0]:.3f} vs teacher {accuracy:.3f} (target: within "
+              f"{ONE_STEP_ACCURACY_GAP} = {lowest:.3f}): {verdict(one[0] >= lowest)}; FID {one[1]:.1f} vs teacher "
+              f"{fid:.1f} (target: at most {ONE_STEP_FID_RATIO}x = {highest:.1f}): {verdict(one[1] <= highest)}; "
+              f"two or more shapes {one[2]:.1%} (target: at most {ONE_STEP_SEVERAL_SHAPES:.0%}): "
+              f"{verdict(one[2] <= ONE_STEP_SEVERAL_SHAPES)}")
+        print(f"{student} 4 steps: accuracy {four[0]:.3f} vs teacher {accuracy:.3f}, FID {four[1]:.1f} vs "
+              f"{fid:.1f} (target: at least the teacher's on both): "
+              f"{verdict(four[0] >= accuracy and four[1] <= fid)}")
+
+
+@torch.no_grad()
+
+
+def _add_evaluation_set(parser: argparse.ArgumentParser) -> None:
+    """The options of :func:`evaluation_set` and of the sampling seed, shared by the quality benchmarks."""
+    from addlib.metrics import REFERENCE_SEED
+
+    parser.add_argument("--num-images", type=at_least(2), default=512, help="at least 2, for FID")
+    parser.add_argument("--seed", type=int, default=1, help="the sampling seed")
+    parser.add_argument("--prompts-seed", type=int, default=REFERENCE_SEED,
+                        help=f"shapes seed of the prompts and of FID's real images (the benchmark's: "
+                             f"{REFERENCE_SEED}); another gives an independent set, to choose between runs "
+                             f"without tuning on the benchmark")
+
+
+def add_parsers(subcommands) -> None:
+    """The subcommands shapes, teacher and add."""
+    shapes = subcommands.add_parser("shapes", help="time make_shapes, the captioned-shapes renderer")
+    shapes.add_argument("--num-images", type=at_least(1), default=10_000)
+    shapes.add_argument("--resolutions", type=at_least(1), nargs="+", default=[32, 64])
+    shapes.set_defaults(run=bench_shapes)
+
+    teacher = subcommands.add_parser("teacher", help="prompt accuracy, shapes-FID and time against DDIM steps")
+    teacher.add_argument("--model", default=str(TEACHER_DIR), help="pipeline folder or hub id")
+    teacher.add_argument("--steps", type=at_least(1), nargs="+", default=[1, 2, 4, 8, 25, 50])
+    teacher.add_argument("--guidance-scales", type=float, nargs="+", default=[1.0, 3.0])
+    _add_evaluation_set(teacher)
+    teacher.set_defaults(run=bench_teacher)
+
+    add = subcommands.add_parser("add", help="the distilled students against the teacher, and ablations")
+    add.add_argument("--teacher", default=str(TEACHER_DIR), help="pipeline folder or hub id")
+    add.add_argument("--student", default=str(STUDENT_DIR), help="pipeline folder of the distilled student")
+    add.add_argument("--ladd-student", default=str(LADD_STUDENT_DIR),
+                     help="pipeline folder of a second student (by default LADD's heads alone); '' for none")
+    add.add_argument("--ablations", nargs="*", default=[str(f) for f in VARIANTS.values()],
+                     help="student folders trained with one change (a loss weight, the data)")
+    add.add_argument("--teacher-guidance", type=float, default=3.0)
+    _add_evaluation_set(add)
+    add.set_defaults(run=bench_add)
