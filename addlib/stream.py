@@ -390,8 +390,9 @@ def where_paths_part(pipe, frame: torch.Tensor, prompt: str, t_index_list, seed:
     stage's largest value and the largest difference between the two paths. Both run once, without Stream Batch,
     with forward hooks on the modules they share: the VAE encoder's output, the input and output of each UNet
     call, the decoder's input, and the image. In float32 they agree to rounding at every stage; a stage where
-    they first part by more says which computation to look at (in half precision: diffusers does the scheduler's
-    arithmetic in the pipeline's dtype, the stream in float32, so they part by a rounding at the UNet's input)."""
+    they first part by more says which computation to look at. In half precision they part by roundings:
+    diffusers takes the frame and the image through [0, 1] in float32 and does the scheduler's arithmetic in
+    the pipeline's dtype, the stream in float32 (docs/benchmarks.md measures both on a CPU)."""
     stream = StreamDiffusion(pipe, t_index_list, use_denoising_batch=False, height=frame.shape[-2],
                              width=frame.shape[-1], seed=seed)
     stream.prepare(prompt)
