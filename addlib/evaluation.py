@@ -28,6 +28,7 @@ import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.datasets import to_uint8
+from addlib.errors import check_images
 from addlib.loading import from_folder_or_hub, model_device
 
 CLIP_MODEL = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"  # the ADD paper's CLIP score model
@@ -72,6 +73,7 @@ class CLIPImageFeatures(torch.nn.Module):
 @torch.no_grad()
 def clip_score(images: torch.Tensor, prompts: list[str], model, processor, batch_size: int = 32) -> float:
     """The mean over images (N, 3, H, W) in [-1, 1] of 100 max(cos(image embedding, prompt embedding), 0)."""
+    check_images("images", images)
     if len(images) != len(prompts):
         raise ValueError(f"got {len(images)} images but {len(prompts)} prompts; give one prompt per image")
     device, scores = model_device(model), []

@@ -247,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="the course repository (default: %(default)s)")
     args = parser.parse_args(argv)
     for path in args.execute:
-        if not path.is_file():
-            parser.error(f"no notebook {path}; name a solution notebook, e.g. solutions/01_forward_process.ipynb")
+        if not path.is_file() or path.suffix != ".ipynb":
+            parser.error(f"{'no notebook' if not path.is_file() else 'not a notebook:'} {path}; name a solution "
+                         f"notebook, e.g. solutions/01_forward_process.ipynb")
     for path in args.execute:
         print(f"executing {path} ...", flush=True)
         execute(path)

@@ -50,7 +50,11 @@ def read_prompts(path: str | Path) -> list[str]:
     path = SHIPPED_PROMPTS.get(str(path), Path(path))
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist; write one prompt per line")
-    prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"prompt file {path} is not UTF-8 text; write one prompt per line") from None
+    prompts = [line.strip() for line in text.splitlines()]
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise ValueError(f"prompt file {path} holds no prompts; write one prompt per line")
@@ -141,6 +145,8 @@ def generate(pipe, prompts: list[str], out: str | Path | None = None, *, teacher
     check_image_size("resolution", resolution, factor)
     settings = settings_of(teacher, prompts, num_inference_steps, guidance_scale, seed, resolution)
     out = cache_folder(root, settings) if out is None else Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file; generate into a folder (it is made if missing)")
     done = _claim(out, settings)
     shape = (pipe.unet.config.in_channels, resolution // factor, resolution // factor)
     bar = tqdm(total=len(prompts), initial=done, desc="teacher images", unit="image", disable=not progress)

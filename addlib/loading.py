@@ -44,7 +44,7 @@ REBUILD = {TEACHER_DIR: "python -m addlib.train_teacher",
            LADD_STUDENT_DIR: f"python -m addlib.train_add --discriminator ladd --out {LADD_STUDENT_DIR}",
            TINY_VAE_DIR: "python -m addlib.train_tiny_vae"}
 
-def _is_hub_id(path: str | Path) -> bool:
+def is_hub_id(path: str | Path) -> bool:
     """Whether ``path`` could name a hub repository, by huggingface_hub's own rule ("name" or "namespace/name")."""
     from huggingface_hub.utils import validate_repo_id
 
@@ -99,7 +99,7 @@ def from_folder_or_hub(load, path: str | Path, what: str, marker: str, rebuild: 
         if not (folder / marker).exists():
             raise FileNotFoundError(f"{path} is not a {what} folder (no {marker}); point to one, or "
                                     f"{_rebuild_hint(folder, rebuild)}")
-    elif not _is_hub_id(path):
+    elif not is_hub_id(path):
         raise FileNotFoundError(f"no {what} folder at {path}; check the path, or {_rebuild_hint(folder, rebuild)}")
     try:
         # A download from the hub keeps its progress bars: gigabytes without them look like a hung cell.

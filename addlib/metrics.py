@@ -59,6 +59,9 @@ def frechet_distance(mu1: torch.Tensor | np.ndarray, sigma1: torch.Tensor | np.n
     """
     mu1, sigma1, mu2, sigma2 = map(_as_float64, (mu1, sigma1, mu2, sigma2))
     dim = len(mu1)
+    if dim == 0:
+        raise ValueError("mu1 is empty: statistics of 0-dimensional features; compute them with "
+                         "feature_statistics on features (N, D) with D >= 1")
     for name, value, shape in (("mu1", mu1, (dim,)), ("sigma1", sigma1, (dim, dim)),
                                ("mu2", mu2, (dim,)), ("sigma2", sigma2, (dim, dim))):
         if value.shape != shape:

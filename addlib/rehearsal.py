@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="of pipeline weights")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file; give a folder (it is made if missing)")
     for model_id in args.models:
         folder = build(model_id, args.out, args.seed, getattr(torch, args.dtype))
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -28,14 +28,15 @@ def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
         train(Config(steps=1, batch_size=2, discriminator=discriminator), tmp_path / discriminator,
               tmp_path / f"run-{discriminator}")
     student, ladd = str(tmp_path / "add+ladd"), str(tmp_path / "ladd")
+    with pytest.raises(ValueError, match="--ablations .*missing: no pipeline folder there"):  # before any work
+        bench.main(["add", "--student", student, "--ablations", ladd, str(tmp_path / "missing")])
     rows = bench.main(["add", "--student", student, "--ladd-student", ladd, "--num-images", "16",
-                       "--ablations", ladd, str(tmp_path / "missing")])
+                       "--ablations", ladd])
     out = capsys.readouterr().out  # each student is named by the discriminator its recipe trained it with
     assert [row["model"] for row in rows] == first_column(out) == [
         "real images", *["teacher (DDIM)"] * 3, *["ADD + LADD student"] * 3, *["LADD student"] * 3,
         *["ablation: ladd"] * 2]
     assert [row["steps"] for row in rows[4:7]] == [1, 2, 4]
-    assert f"no ablation student in {tmp_path / 'missing'}" in out
     for name in ("ADD + LADD student", "LADD student"):
         assert f"\n{name} 1 step: accuracy" in out and f"\n{name} 4 steps: accuracy" in out
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from addlib import bench, train_add, train_evaluators, train_teacher, train_tiny_vae
+from addlib import bench, exercises, rehearsal, train_add, train_evaluators, train_teacher, train_tiny_vae
 from addlib.errors import check_config, check_images, resolve_device, run_command
 from addlib.train_add import Config
 
@@ -62,6 +62,8 @@ def test_every_trainer_checks_its_config(module, change, message):
     (bench.main, ["teacher", "--num-images", "1"], "argument --num-images: must be an integer of at least 2"),
     (bench.main, ["stream", "--num-frames", "0"], "argument --num-frames: must be an integer of at least 1"),
     (bench.main, ["stream", "--repeats", "x"], "argument --repeats: must be an integer of at least 1, got 'x'"),
+    (exercises.main, ["--execute", "README.md"], "not a notebook: README.md; name a solution notebook"),
+    (rehearsal.main, ["--out", "README.md"], "--out README.md is a file; give a folder"),
 ])
 def test_command_line_errors_are_one_line(main, argv, message, capsys):
     with pytest.raises(SystemExit) as exit:

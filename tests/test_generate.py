@@ -126,6 +126,15 @@ def test_the_command_line_refuses_an_empty_prompt_file_in_one_line(tmp_path):
         f"prompt per line"]
 
 
+def test_a_binary_prompt_file_and_a_file_for_a_folder_are_refused_in_one_line(tmp_path, teacher):
+    (tmp_path / "prompts.bin").write_bytes(bytes(range(128, 256)))
+    with pytest.raises(ValueError, match="prompt file .*prompts.bin is not UTF-8 text; write one prompt per line"):
+        read_prompts(tmp_path / "prompts.bin")
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(ValueError, match="taken is a file; generate into a folder"):
+        generate(teacher, ["a red circle"], tmp_path / "taken", **SETTINGS)
+
+
 def test_add_trains_on_the_teachers_images_generated_once_and_shared(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the cache goes to ./runs/generated
     config = Config(steps=1, batch_size=4, dataset="teacher", num_prompts=8, generation_steps=2)

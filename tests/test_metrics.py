@@ -62,6 +62,8 @@ def test_symmetric_and_non_negative_on_random_psd_matrices():
 def test_frechet_distance_rejects_mismatched_shapes():
     with pytest.raises(ValueError, match=r"sigma2 must have shape \(3, 3\)"):
         frechet_distance(torch.zeros(3), torch.eye(3), torch.zeros(3), torch.eye(4))
+    with pytest.raises(ValueError, match="mu1 is empty: statistics of 0-dimensional features"):  # not a 0.0
+        frechet_distance(torch.zeros(0), torch.zeros(0, 0), torch.zeros(0), torch.zeros(0, 0))
 
 
 def test_feature_statistics_and_fid_of_samples():

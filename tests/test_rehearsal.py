@@ -176,6 +176,8 @@ def test_clip_score_is_the_cosine_clip_itself_computes(rehearsal):
     cosine = logits.diagonal() / model.logit_scale.exp()
     assert clip_score(images, prompts, model, processor, batch_size=2) == pytest.approx(
         (100 * cosine.clamp(min=0)).mean().item(), abs=1e-4)
+    with pytest.raises(ValueError, match=r"images is empty \(shape \(0, 3, 64, 64\)\)"):  # not a torch.cat error
+        clip_score(images[:0], [], model, processor)
 
 
 def test_fd_clip_is_zero_for_a_set_against_itself_and_grows_with_a_shift(rehearsal):
@@ -203,10 +205,12 @@ def test_without_a_clip_model_the_table_says_which_metrics_were_skipped_and_the_
         Image.new("RGB", (64, 64), (40 * i, 90, 200)).save(tmp_path / f"{i}.png")
     (tmp_path / "prompts.txt").write_text("a blue sky\na green field\n")
     teacher = str(rehearsal / "nota-ai--bk-sdm-tiny")
-    rows = bench.main(["quality", "--teacher", teacher, "--student", teacher, "--reference", str(tmp_path),
-                       "--prompts", str(tmp_path / "prompts.txt"), "--clip-model", str(tmp_path / "no-clip"),
-                       "--resolution", "64"])
+    arguments = ["quality", "--teacher", teacher, "--student", teacher, "--reference", str(tmp_path),
+                 "--prompts", str(tmp_path / "prompts.txt"), "--resolution", "64"]
+    with pytest.raises(ValueError, match="--clip-model .*no-clip: no such folder, and not a hub id"):
+        bench.main([*arguments, "--clip-model", str(tmp_path / "no-clip")])  # a typo, refused before sampling
+    rows = bench.main([*arguments, "--clip-model", "openai/clip-vit-large-patch14"])  # a hub out of reach
     out = capsys.readouterr().out
     assert all(row["CLIP score"] == row["FD_CLIP"] == "-" for row in rows)
-    assert f"CLIP score and FD_CLIP skipped: no CLIP model folder at {tmp_path / 'no-clip'}" in out
+    assert "CLIP score and FD_CLIP skipped: " in out and "openai/clip-vit-large-patch14" in out
     assert "random weights (rehearsal models): these scores measure nothing but that the code runs" in out

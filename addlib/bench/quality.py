@@ -128,6 +128,10 @@ def bench_add(args: argparse.Namespace) -> list[dict]:
     from addlib.evaluators import load_attribute_classifier
     from addlib.loading import load_pipeline
 
+    missing = [folder for folder in args.ablations if not (Path(folder) / "model_index.json").exists()]
+    if missing and args.ablations != [str(folder) for folder in VARIANTS.values()]:  # named, not the defaults
+        raise ValueError(f"--ablations {missing[0]}: no pipeline folder there (model_index.json); give the output "
+                         f"folder of a train_add run")
     torch.manual_seed(0)
     teacher, classifier = load_pipeline(args.teacher), load_attribute_classifier()
     real, prompts, reference = evaluation_set(args.num_images, args.prompts_seed)
@@ -140,7 +144,6 @@ def bench_add(args: argparse.Namespace) -> list[dict]:
         students[f"{label}: {Path(folder).name}" if label in students else label] = folder
     runs += [(label, load_pipeline(folder), steps, 1.0, "add") for label, folder in students.items()
              for steps in (1, 2, 4)]
-    missing = [folder for folder in args.ablations if not (Path(folder) / "model_index.json").exists()]
     labels = {str(path): label for label, path in VARIANTS.items()}
     for folder in (folder for folder in args.ablations if folder not in missing):
         variant, label = load_pipeline(folder), labels.get(str(Path(folder)), f"ablation: {Path(folder).name}")

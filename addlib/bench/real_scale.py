@@ -66,10 +66,13 @@ def bench_quality(args: argparse.Namespace) -> list[dict]:
     from addlib.datasets import image_sequence
     from addlib.evaluation import evaluate
     from addlib.generate import read_prompts
-    from addlib.loading import load_pipeline
+    from addlib.loading import is_hub_id, load_pipeline
     from addlib.rehearsal import random_weights
     from addlib.sampling import image_size
 
+    if not Path(args.clip_model).exists() and not is_hub_id(args.clip_model):  # a mistyped folder, not a hub id
+        raise ValueError(f"--clip-model {args.clip_model}: no such folder, and not a hub id; give a CLIP folder "
+                         f"(python -m addlib.rehearsal builds one) or a hub id such as {CLIP_MODEL}")
     teacher, student = load_pipeline(args.teacher), load_pipeline(args.student)
     resolution = args.resolution or image_size(teacher)
     prompts = read_prompts(args.prompts)[:args.num_prompts]
