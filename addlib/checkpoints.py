@@ -13,6 +13,7 @@ import dataclasses
 import inspect
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -143,6 +144,14 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
         getattr(config, "check", lambda: None)()
     except ValueError as error:
         parser.error(str(error))
+    # An option set on the command line to a value this run never reads is refused; left at its default it is
+    # not, so the commands that older recipes recorded, every field written out, still run.
+    given = {token.split("=")[0] for token in (sys.argv[1:] if argv is None else argv) if token.startswith("--")}
+    defaults = {field.name: field.default for field in dataclasses.fields(config_class)}
+    for name, why in getattr(config, "ignored", dict)().items():
+        option = f"--{name.replace('_', '-')}"
+        if (option in given or f"--no-{option[2:]}" in given) and getattr(config, name) != defaults[name]:
+            parser.error(f"{option} has no effect in this run: {why}")
     if not resume and (run_dir / "checkpoint.json").exists():
         parser.error(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or another --run-dir")
     return config, out, run_dir, resume

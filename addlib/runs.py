@@ -110,6 +110,7 @@ class Run:
     def __init__(self, run_dir: Path, modules: dict, optimizers: dict, config, resume: bool = False,
                  save: bool = True, **fields):
         self.run_dir, self.modules, self.optimizers, self.save = run_dir, modules, optimizers, save
+        self.ignored = set(getattr(config, "ignored", dict)())  # fields the run never reads: not in its command
         state = {"config": dataclasses.asdict(config), "seconds": 0.0, "log": [], **fields}
         self.state = resume_checkpoint(run_dir, modules, optimizers, state["config"]) if resume else state
         self.started = time.perf_counter() - self.state["seconds"]
@@ -139,7 +140,8 @@ class Run:
         version, ``extra`` and on a GPU the peak memory; and the loss log, if any, in ``loss_log.json``.
         Returns the recipe."""
         config = self.state["config"]
-        recipe = {"command": command_line(module, config), "config": config,
+        command = command_line(module, {name: value for name, value in config.items() if name not in self.ignored})
+        recipe = {"command": command, "config": config,
                   "minutes": round(self.state["seconds"] / 60, 1), "device": device_name(device), **extra,
                   "torch": torch.__version__}
         if torch.device(device).type == "cuda":  # what a card must hold, for the next run's choice of card

@@ -162,6 +162,24 @@ class Config:
         """The paper's settings for a hub Stable Diffusion (``STABLE_DIFFUSION``), with ``changes`` on top."""
         return cls(**(STABLE_DIFFUSION | changes))
 
+    def ignored(self) -> dict[str, str]:
+        """The fields this configuration never reads, each with the reason: a command line that sets one is
+        refused (:func:`addlib.checkpoints.parse_run_arguments`), rather than train as if it had been read."""
+        why = {}
+        if "ladd" not in self.discriminator.split("+"):
+            why |= dict.fromkeys(("ladd_layers", "ladd_t_mean", "ladd_t_std"),
+                                 "only --discriminator ladd or add+ladd reads it")
+        if "add" not in self.discriminator.split("+"):
+            why |= dict.fromkeys(("feature_network", "discriminator_layers", "discriminator_conditioning", "augment"),
+                                 "LADD's heads read the teacher's own features; only --discriminator add or add+ladd "
+                                 "reads it")
+        if self.dataset != "teacher":
+            why |= dict.fromkeys(("prompts", "num_prompts", "generation_steps"),
+                                 "only --dataset teacher generates its training images")
+        if not self.dataset.startswith("hf:"):
+            why |= dict.fromkeys(("image_column", "caption_column"), 'only an "hf:" dataset has named columns')
+        return why
+
     def check(self) -> None:
         """Refuse, in one line, a configuration no run can use: :func:`addlib.errors.check_config`, then ADD's
         own rules."""

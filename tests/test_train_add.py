@@ -156,6 +156,32 @@ def test_recipe_command_repeats_the_configuration():
     assert Config(**vars(parser.parse_args(words))) == config
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--ladd-layers", "mid"], "--ladd-layers has no effect in this run: only --discriminator ladd or add+ladd"),
+    (["--discriminator", "ladd", "--feature-network", "x"], "--feature-network has no effect in this run: LADD's"),
+    (["--num-prompts", "64"], "--num-prompts has no effect in this run: only --dataset teacher generates"),
+    (["--caption-column", "caption"], '--caption-column has no effect in this run: only an "hf:" dataset'),
+])
+def test_an_option_the_run_never_reads_is_refused(tmp_path, argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_run_arguments(OneLineParser(), argv, Config, tmp_path / "out", tmp_path / "run", train_add.PRESETS)
+    assert message in capsys.readouterr().err
+    # at its default it is accepted (older recipes write every field), and read where the run does read it
+    parse_run_arguments(OneLineParser(), ["--ladd-t-mean", "-1.0"], Config, tmp_path / "out", tmp_path / "run")
+    config, *_ = parse_run_arguments(OneLineParser(), ["--discriminator", "add+ladd", "--ladd-layers", "mid"],
+                                     Config, tmp_path / "out", tmp_path / "run")
+    assert config.ladd_layers == "mid"
+
+
+def test_the_recipe_command_leaves_out_what_the_run_never_read_and_runs_again(tmp_path):
+    train(Config(**TINY), tmp_path / "out", tmp_path / "run")
+    command = json.loads((tmp_path / "out" / "recipe.json").read_text())["command"]
+    assert "--ladd-layers" not in command and "--num-prompts" not in command and "--discriminator add" in command
+    config, *_ = parse_run_arguments(OneLineParser(), shlex.split(command)[3:], Config, tmp_path / "out2",
+                                     tmp_path / "run2")
+    assert config == Config(**TINY)
+
+
 def test_feature_network_is_the_shipped_vit_another_vit_folder_or_dinov2(tmp_path):
     torch.manual_seed(0)
     other = TinyViT(num_layers=2)
