@@ -8,9 +8,8 @@ configuration, its step and its loop, and nothing else:
     for step in run.steps("step", config.steps, "ADD"):
         loss = ...
         run.check_finite(loss, "student", step)
-        run.state["step"] = step + 1
-        if run.state["step"] % config.checkpoint_every == 0:
-            run.checkpoint()
+        ...
+        run.advance(step, config.checkpoint_every, {"loss": loss.item()} if step % 50 == 0 else None)
     run.checkpoint()
     run.write_recipe(out, "addlib.train_add", device, final_losses=run.state["log"][-10:])
 
@@ -100,6 +99,9 @@ class TrainableParameters(torch.nn.Module):
             parameters[name].copy_(value)
 
 
+SHOWN = ("loss", "adversarial", "distillation")  # the logged figures a progress bar shows
+
+
 class Run:
     """A training run's progress: ``state`` (JSON: the config, step counters, seconds trained, the loss log),
     saved with ``modules`` and ``optimizers`` (name -> object) into ``run_dir`` by :meth:`checkpoint`, and
@@ -117,11 +119,23 @@ class Run:
         self.counter, self.last_saved = None, None
 
     def steps(self, counter: str, total: int, desc: str):
-        """The steps still to run of ``state[counter]``'s ``total``, with a progress bar (returned: a loop may
-        set its postfix); a checkpoint from here on records where this counter stood."""
+        """The steps still to run of ``state[counter]``'s ``total``, with a progress bar; a checkpoint from here
+        on records where this counter stood."""
         self.counter, self.last_saved = counter, self.state[counter]
-        return tqdm(range(self.state[counter], total), desc=desc, initial=self.state[counter], total=total,
-                    disable=not self.save)
+        self.progress = tqdm(range(self.state[counter], total), desc=desc, initial=self.state[counter],
+                             total=total, disable=not self.save)
+        return self.progress
+
+    def advance(self, step: int, checkpoint_every: int, logged: dict | None = None, checkpoint=None) -> None:
+        """``step`` is done: the counter moves past it; ``logged`` figures, when given, join the loss log with
+        the step (and the progress bar shows its losses); every ``checkpoint_every`` steps a checkpoint is saved,
+        by ``checkpoint`` when the trainer has more to do around it (ADD checks its replicas agree)."""
+        self.state[self.counter] = step + 1
+        if logged is not None:
+            self.state["log"].append({"step": step, **logged})
+            self.progress.set_postfix({name: f"{logged[name]:.4f}" for name in SHOWN if name in logged})
+        if self.state[self.counter] % checkpoint_every == 0:
+            (checkpoint or self.checkpoint)()
 
     def checkpoint(self) -> None:
         self.state["seconds"] = time.perf_counter() - self.started

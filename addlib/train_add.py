@@ -469,15 +469,9 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         run.checkpoint()
         accelerator.wait_for_everyone()
 
-    progress = run.steps("step", config.steps, "ADD")
-    for step in progress:
+    for step in run.steps("step", config.steps, "ADD"):
         losses = trainer.step(step, measure=step % 10 == 0)
-        run.state["step"] = step + 1
-        if step % 10 == 0:
-            run.state["log"].append({"step": step, **losses})
-            progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("adversarial", "distillation")})
-        if run.state["step"] % config.checkpoint_every == 0:
-            checkpoint()
+        run.advance(step, config.checkpoint_every, losses if step % 10 == 0 else None, checkpoint)
     checkpoint()
     if accelerator.is_main_process:
         export(trainer, run, out)

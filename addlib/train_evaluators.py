@@ -140,8 +140,7 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
     checkpoint_dir = run_dir / name
     resume = resume and (checkpoint_dir / "checkpoint.json").exists()  # "both" resumes the network it stopped in
     run = Run(checkpoint_dir, {"model": model}, {"optimizer": optimizer}, config, resume, step=0, losses=[])
-    progress = run.steps("step", steps, name)
-    for step in progress:
+    for step in run.steps("step", steps, name):
         rejecting = step >= stages[0][1]
         first, length, peak_lr = stages[rejecting]
         # distinct generators for each network's and stage's augmentation
@@ -158,11 +157,8 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         run.state["losses"] = (run.state["losses"] + [loss.item()])[-10:]
-        run.state["step"] = step + 1
-        if step % 50 == 0:
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        if run.state["step"] % config.checkpoint_every == 0 or run.state["step"] == steps:
-            run.checkpoint()
+        run.advance(step, config.checkpoint_every, {"loss": loss.item()} if step % 50 == 0 else None)
+    run.checkpoint()
 
     model.eval()
     save_evaluator(model, out / name)

@@ -130,19 +130,14 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         vae_opt.zero_grad(set_to_none=True)
         loss.backward()
         vae_opt.step()
-        state["vae_step"] = step + 1
-        if step % 50 == 0:
-            state["log"].append({"stage": "vae", "step": step, "loss": loss.item()})
-        if state["vae_step"] % config.checkpoint_every == 0:
-            run.checkpoint()
+        run.advance(step, config.checkpoint_every, {"stage": "vae", "loss": loss.item()} if step % 50 == 0 else None)
 
     # Stage 2: text encoder + UNet on the frozen VAE's latents.
     pipe.vae.requires_grad_(False)
     if state["scaling_factor"] is None:
         state["scaling_factor"] = latent_scaling_factor(pipe.vae, config.resolution, config.seed)
     pipe.vae.register_to_config(scaling_factor=state["scaling_factor"])
-    progress = run.steps("unet_step", config.unet_steps, "UNet")
-    for step in progress:
+    for step in run.steps("unet_step", config.unet_steps, "UNet"):
         generator = step_generator(config.seed, step, stage=2)
         # Images of stage 2 come after those of stage 1, so no image is seen twice.
         start = config.vae_steps * config.vae_batch_size + step * config.batch_size
@@ -156,12 +151,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         torch.nn.utils.clip_grad_norm_(unet_opt.param_groups[0]["params"], config.grad_clip)
         unet_opt.step()
         ema_update(ema_unet.parameters(), pipe.unet.parameters(), config.ema_decay)
-        state["unet_step"] = step + 1
-        if step % 50 == 0:
-            state["log"].append({"stage": "unet", "step": step, "loss": loss.item()})
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        if state["unet_step"] % config.checkpoint_every == 0:
-            run.checkpoint()
+        run.advance(step, config.checkpoint_every, {"stage": "unet", "loss": loss.item()} if step % 50 == 0 else None)
     run.checkpoint()
     export(pipe, ema_unet, run, out)
 

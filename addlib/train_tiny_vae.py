@@ -67,8 +67,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     tiny = AutoencoderTiny(**TINY_VAE_CONFIG)
     optimizer = torch.optim.AdamW(tiny.parameters(), lr=config.lr)
     run = Run(run_dir, {"tiny": tiny}, {"tiny": optimizer}, config, resume, step=0)
-    progress = run.steps("step", config.steps, "tiny VAE")
-    for step in progress:
+    for step in run.steps("step", config.steps, "tiny VAE"):
         images, _, _ = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
         set_lr(optimizer, lr_at(step, config.steps, config.lr, config.warmup_steps))
         loss = tiny_vae_loss(tiny, vae, images, step_generator(config.seed, step, stage=4), config)
@@ -76,12 +75,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        run.state["step"] = step + 1
-        if step % 50 == 0:
-            run.state["log"].append({"step": step, "loss": loss.item()})
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        if run.state["step"] % config.checkpoint_every == 0:
-            run.checkpoint()
+        run.advance(step, config.checkpoint_every, {"loss": loss.item()} if step % 50 == 0 else None)
     run.checkpoint()
     tiny.save_pretrained(out, safe_serialization=True)
     run.write_recipe(out, "addlib.train_tiny_vae", parameters=sum(p.numel() for p in tiny.parameters()),

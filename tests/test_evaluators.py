@@ -144,7 +144,8 @@ def test_training_smoke_run(tmp_path, capsys):
                            "--run-dir", str(tmp_path / "run")])
     for name, cls in [("classifier", AttributeClassifier), ("vit", TinyViT)]:
         folder = tmp_path / name
-        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
+        assert sorted(p.name for p in folder.iterdir()) == ["config.json", "loss_log.json", "model.safetensors",
+                                                            "recipe.json"]
         recipe = json.loads((folder / "recipe.json").read_text())
         assert recipe["command"].startswith(f"python -m addlib.train_evaluators --which {name} ")
         assert recipe["config"]["seed"] == 1 and recipe["config"][f"{name}_steps"] == 5
