@@ -8,6 +8,7 @@ The ideas
     forward_process  q(x_t | x_0) and what a denoiser predicts: epsilon, x0, v (01)
     shapes           the captioned-shapes world every miniature model trains and is measured on (01)
     miniature        the miniature Stable Diffusion: diffusers' architecture, small enough for a CPU (02)
+    pipeline         the parts every path shares: prompts to embeddings, images to latents and back, one denoise (02)
     sampling         DDIM, DDPM and ADD's sampler, classifier-free guidance, written out (02)
     distillation     ADD's score-distillation loss, eq. 5 (03)
     discriminator    ADD's projected discriminator, hinge loss and R1 (04)

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from addlib.forward_process import add_noise, per_sample, predict_x0_and_epsilon
+from addlib.forward_process import add_noise, per_sample
 from addlib.loading import model_device, to_model
+from addlib.pipeline import decode_latents, denoise
 from addlib.sampling import classifier_free_guidance, guidance_batch
 
 WEIGHTINGS = ("exponential", "sds", "nfsd")
@@ -54,17 +55,6 @@ def sample_teacher_timesteps(batch_size: int, generator: torch.Generator | None 
     if not 0 <= low <= high:
         raise ValueError(f"teacher timesteps need 0 <= low <= high, got low={low}, high={high}")
     return torch.randint(low, high + 1, (batch_size,), generator=generator)
-
-
-def denoise(unet, scheduler, noisy: torch.Tensor, timesteps: torch.Tensor, embeddings: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x0, epsilon) that ``unet`` predicts from ``noisy`` latents at ``timesteps``: the teacher's target and
-    the student's one-step sample both come from here, read with ``scheduler``'s schedule and prediction type.
-    The inputs go to ``unet``'s device and dtype, and so do the results."""
-    noisy = to_model(noisy, unet)
-    output = unet(noisy, to_model(timesteps, unet), encoder_hidden_states=to_model(embeddings, unet)).sample
-    # The schedule stays on the CPU: per_sample checks the timesteps' range there, then moves the coefficients.
-    return predict_x0_and_epsilon(output, noisy, timesteps, scheduler.alphas_cumprod, scheduler.config.prediction_type)
 
 
 @torch.no_grad()
@@ -113,16 +103,6 @@ def teacher_target(
                          "schedule; draw teacher timesteps below it (sample_teacher_timesteps does)")
     # The x0 whose SDS-form gradient is NFSD's: x - x_psi = (sigma / alpha) * direction.
     return x - ((1 - alpha_bar) / alpha_bar).sqrt() * direction
-
-
-def decode_latents(pipe, latents: torch.Tensor, vae=None) -> torch.Tensor:
-    """Latents (B, 4, h, w) to images (B, 3, H, W) in [-1, 1] through the pipeline's VAE, differentiably.
-
-    ``vae`` replaces it, e.g. an ``AutoencoderTiny`` trained to decode the same latents with far less memory.
-    The images come back on the VAE's device, in its dtype.
-    """
-    vae = pipe.vae if vae is None else vae
-    return vae.decode(to_model(latents, vae) / vae.config.scaling_factor).sample
 
 
 def distillation_loss(

@@ -32,8 +32,9 @@ from addlib.datasets import to_uint8
 from addlib.errors import OneLineParser, at_least, check_integer, run_command
 from addlib.loading import DATA_DIR, load_pipeline
 from addlib.miniature import check_prompts
+from addlib.pipeline import check_image_size, image_size, vae_factor
 from addlib.runs import step_generator
-from addlib.sampling import check_image_size, image_size, sample, vae_factor
+from addlib.sampling import sample
 
 SETTINGS_FILE = "generation.json"
 METADATA_FILE = "metadata.jsonl"

@@ -103,11 +103,10 @@ def one_step_pool(teacher, student_unet, num_images: int, seed: int, resolution:
     noise at t = 999 (ADD's one-step sampling), decoded with the teacher's VAE, each fake marked right or wrong
     by the shipped evaluator (:func:`addlib.metrics.prompt_correct`), which no discriminator ever reads. The
     pool is on the teacher's device."""
-    from addlib.distillation import decode_latents, denoise
     from addlib.evaluators import load_attribute_classifier
     from addlib.loading import to_model
     from addlib.metrics import prompt_correct
-    from addlib.sampling import posterior_sample, text_encoder_output
+    from addlib.pipeline import decode_latents, denoise, encode_latents, text_encoder_output
     from addlib.shapes import make_shapes
 
     images, captions, _ = make_shapes(num_images, seed, resolution, omit_prob=0.5)
@@ -115,7 +114,7 @@ def one_step_pool(teacher, student_unet, num_images: int, seed: int, resolution:
     parts = []
     for start in range(0, num_images, batch_size):
         batch, words = to_model(images[start:start + batch_size], teacher.vae), captions[start:start + batch_size]
-        latents = posterior_sample(teacher.vae.encode(batch).latent_dist, generator) * teacher.vae.config.scaling_factor
+        latents = encode_latents(teacher.vae, batch, generator)
         encoded = text_encoder_output(teacher, words)
         noise = torch.randn(latents.shape, generator=generator)
         timesteps = torch.full((len(batch),), len(teacher.scheduler.alphas_cumprod) - 1)

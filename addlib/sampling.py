@@ -30,7 +30,7 @@ from tqdm import tqdm  # a text bar: in a notebook its last state stays in the s
 
 from addlib.errors import check_finite, check_integer
 from addlib.forward_process import per_sample, predict_x0_and_epsilon
-from addlib.miniature import check_prompts
+from addlib.pipeline import check_image_size, decode_latents, encode_prompts, image_size, vae_factor
 
 SAMPLERS = ("ddim", "ddpm", "add")
 
@@ -188,69 +188,6 @@ def guidance_batch(x: torch.Tensor, timesteps, *embeddings: torch.Tensor) -> tup
             torch.cat([e.expand(len(x), -1, -1) for e in embeddings]))
 
 
-def text_encoder_output(pipe, prompts: list[str]):
-    """The text encoder's output for ``prompts``, checked and padded as below: ``[0]`` is
-    :func:`encode_prompts`' (B, L, D), ``.pooler_output`` :func:`pooled_prompt_embeddings`' (B, D). One call
-    serves a caller that needs both."""
-    check_prompts(pipe.tokenizer, prompts)
-    ids = pipe.tokenizer(
-        prompts, padding="max_length", max_length=pipe.tokenizer.model_max_length, return_tensors="pt"
-    ).input_ids  # (B, L)
-    encoder = pipe.text_encoder
-    if encoder.dtype != torch.float64:
-        return encoder(ids.to(encoder.device))
-    # transformers 4.x builds CLIP's causal mask in torch's default dtype, which cannot hold float64's lowest
-    # value: build it in float64 too.
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        return encoder(ids.to(encoder.device))
-    finally:
-        torch.set_default_dtype(default)
-
-
-def encode_prompts(pipe, prompts: list[str]) -> torch.Tensor:
-    """The text encoder's last hidden state for ``prompts``, (B, L, D), as the pipeline computes it.
-
-    Prompts are checked first (:func:`addlib.miniature.check_prompts`: an unknown word or a too-long prompt is
-    a one-line error, not a silently mangled condition), then padded to the tokenizer's ``model_max_length``.
-    """
-    return text_encoder_output(pipe, prompts)[0]
-
-
-def pooled_prompt_embeddings(pipe, prompts: list[str]) -> torch.Tensor:
-    """One vector per prompt (B, D): CLIP's pooled output, the end-of-text token's final state.
-
-    The UNet reads every token (:func:`encode_prompts`); a discriminator head needs one vector per image.
-    """
-    return text_encoder_output(pipe, prompts).pooler_output
-
-
-def vae_factor(vae) -> int:
-    """Pixels per latent along each side: the VAE halves the size once per block but the last (diffusers'
-    ``vae_scale_factor``; 8 for Stable Diffusion, 4 for the miniature)."""
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def image_size(pipe) -> int:
-    """The side, in pixels, of the images ``pipe``'s UNet was trained on: its latent size times the VAE's factor."""
-    return pipe.unet.config.sample_size * vae_factor(pipe.vae)
-
-
-def posterior_sample(posterior, generator: torch.Generator) -> torch.Tensor:
-    """A draw z = mean + std * eps from the VAE's diagonal-Gaussian posterior, eps from ``generator``, a CPU
-    generator, so that a seed gives the same latents on any device."""
-    return posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
-
-
-def check_image_size(name: str, value: int, factor: int) -> None:
-    """The VAE halves the size ``log2(factor)`` times, so an image side must be a multiple of ``factor``."""
-    if value < 1 or value % factor:
-        nearest = max(factor, factor * round(value / factor))
-        raise ValueError(f"{name} {value} is not a positive multiple of the VAE's downsampling factor {factor}; "
-                         f"the nearest valid {name} is {nearest}")
-
-
 def _denoiser_output(pipe, latents: torch.Tensor, timestep: torch.Tensor, cond: torch.Tensor,
                      uncond: torch.Tensor | None, guidance_scale: float) -> torch.Tensor:
     """The UNet's output for ``latents`` (b, 4, h, w), guided when ``uncond`` (1, L, D) is given."""
@@ -343,6 +280,5 @@ def sample(
         else:
             x, _ = renoise_step(output, t, prev_t, x, alphas_cumprod, config.prediction_type, noise)
 
-    scaling = pipe.vae.config.scaling_factor
-    images = torch.cat([pipe.vae.decode(x[chunk] / scaling).sample for chunk in chunks])  # (B, 3, H, W)
+    images = torch.cat([decode_latents(pipe, x[chunk]) for chunk in chunks])  # (B, 3, H, W)
     return images.clamp(-1, 1)

@@ -81,7 +81,7 @@ def frames_per_second(make, frames: torch.Tensor, repeats: int = 1,
 def compute_bound(pipe, vae, rows: int, timestep: int):
     """The least a stream must compute per frame: VAE encode, one UNet call on ``rows`` latents, VAE decode, on
     fixed tensors with no pipeline code around them."""
-    from addlib.sampling import encode_prompts
+    from addlib.pipeline import encode_prompts
 
     device, dtype = pipe.device, pipe.unet.dtype  # looked up once: each walks every module
     cond = encode_prompts(pipe, [""]).expand(rows, -1, -1)

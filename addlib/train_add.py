@@ -73,15 +73,23 @@ from addlib.discriminator import (
     score,
     verdicts,
 )
-from addlib.distillation import WEIGHTINGS, decode_latents, denoise, distillation_loss
+from addlib.distillation import WEIGHTINGS, distillation_loss
 from addlib.errors import OneLineParser, check_config, run_command
 from addlib.forward_process import add_noise
 from addlib.generate import generate, read_prompts, shapes_prompts
 from addlib.latent_discriminator import T_MEAN, T_STD, LatentDiscriminator, check_logit_normal
 from addlib.loading import STUDENT_DIR, load_pipeline, load_tiny_vae, quiet_diffusers, save_pipeline
 from addlib.lora import add_lora, merge_lora
+from addlib.pipeline import (
+    check_image_size,
+    decode_latents,
+    denoise,
+    encode_latents,
+    encode_prompts,
+    text_encoder_output,
+    vae_factor,
+)
 from addlib.runs import Run, TrainableParameters, check_finite, ema_update, step_generator
-from addlib.sampling import check_image_size, encode_prompts, posterior_sample, text_encoder_output, vae_factor
 from addlib.shapes import SEEDS, make_shapes
 
 
@@ -328,8 +336,7 @@ class ADDTrainer:
         if images is None:
             images, captions = self.batch(step)
         with torch.no_grad():
-            latents = posterior_sample(teacher.vae.encode(images).latent_dist, generator)
-            latents = latents * teacher.vae.config.scaling_factor
+            latents = encode_latents(teacher.vae, images, generator)
             encoded = text_encoder_output(teacher, captions)  # one call: tokens for the UNets, pooled for D
             condition = self.discriminator.condition(images, encoded[0], encoded.pooler_output)
         pick = torch.randint(len(self.student_timesteps), (len(images),), generator=generator)

@@ -35,8 +35,8 @@ from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise, get_velocity
 from addlib.loading import TEACHER_DIR, save_pipeline
 from addlib.miniature import build_pipeline
+from addlib.pipeline import encode_latents, encode_prompts, posterior_sample
 from addlib.runs import Run, ema_update, lr_at, set_lr, step_generator
-from addlib.sampling import encode_prompts, posterior_sample
 from addlib.shapes import SEEDS, make_shapes
 
 
@@ -86,8 +86,7 @@ def vae_loss(vae, images: torch.Tensor, generator: torch.Generator, config: Conf
 def denoising_loss(pipe, images, captions, generator, config: Config) -> torch.Tensor:
     """The latent-diffusion loss with v-prediction: ||v_theta(z_t, t, c) - v||^2 (Salimans & Ho, 2022)."""
     with torch.no_grad():
-        latents = posterior_sample(pipe.vae.encode(images).latent_dist, generator)
-        latents = latents * pipe.vae.config.scaling_factor  # (B, 4, 8, 8)
+        latents = encode_latents(pipe.vae, images, generator)  # (B, 4, 8, 8)
     keep = torch.rand(len(captions), generator=generator) >= config.uncond_prob
     captions = [c if k else "" for c, k in zip(captions, keep.tolist())]
     text_embeddings = encode_prompts(pipe, captions)  # (B, 16, 64), with gradients for the text encoder

@@ -30,8 +30,8 @@ from addlib.checkpoints import parse_run_arguments
 from addlib.errors import OneLineParser, check_config, run_command
 from addlib.loading import TEACHER_DIR, TINY_VAE_DIR, load_pipeline
 from addlib.miniature import TINY_VAE_CONFIG
+from addlib.pipeline import posterior_sample
 from addlib.runs import Run, lr_at, set_lr, step_generator
-from addlib.sampling import posterior_sample
 from addlib.shapes import SEEDS, make_shapes
 
 

@@ -167,7 +167,7 @@ def test_sds_weight_checker(capsys):
 
 
 def distillation_right(teacher, x, embeds, t, noise, stop=True, pixels=True):
-    from addlib.distillation import decode_latents
+    from addlib.pipeline import decode_latents
 
     abar = teacher.scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
     alpha, sigma = abar.sqrt(), (1 - abar).sqrt()
@@ -220,7 +220,8 @@ def generator_right(trainer, latents, noise, timesteps, text, condition, generat
                     lam=None, adv=1.0, detach=False, noised=True, discriminator_hinge=False, guidance=3.0,
                     distill_first=False):
     from addlib.discriminator import hinge_generator_loss, paired_generators
-    from addlib.distillation import decode_latents, distillation_loss
+    from addlib.distillation import distillation_loss
+    from addlib.pipeline import decode_latents
 
     teacher = trainer.teacher
     abar = teacher.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)

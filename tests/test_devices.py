@@ -15,14 +15,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from addlib.distillation import decode_latents, distillation_loss, teacher_target
+from addlib.distillation import distillation_loss, teacher_target
 from addlib.errors import resolve_device
 from addlib.evaluators import AttributeClassifier, TinyViT, load_attribute_classifier
 from addlib.latent_discriminator import teacher_tokens
 from addlib.loading import load_pipeline, load_tiny_vae
 from addlib.metrics import prompt_accuracy, shapes_fid
 from addlib.miniature import build_pipeline
-from addlib.sampling import encode_prompts, sample
+from addlib.pipeline import decode_latents, encode_prompts
+from addlib.sampling import sample
 from addlib.shapes import make_shapes
 
 ROOT = Path(__file__).resolve().parents[1]

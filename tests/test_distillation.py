@@ -5,7 +5,7 @@ import torch
 
 from addlib.distillation import distillation_loss, distillation_weight, sample_teacher_timesteps, teacher_target
 from addlib.miniature import build_pipeline
-from addlib.sampling import encode_prompts
+from addlib.pipeline import encode_prompts
 
 PROMPTS = ["a red circle", "a large blue square at the top left on a white background", "a green triangle",
            "a small yellow circle"]
@@ -143,7 +143,7 @@ def test_bad_input_is_explained(teacher, inputs):
 
 
 def test_already_decoded_student_images_give_the_same_loss(teacher, inputs):
-    from addlib.distillation import decode_latents
+    from addlib.pipeline import decode_latents
 
     args = (teacher, inputs["latents"], inputs["embeds"], inputs["timesteps"], inputs["noise"])
     images = decode_latents(teacher, inputs["latents"])

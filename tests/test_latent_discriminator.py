@@ -16,7 +16,7 @@ from addlib.latent_discriminator import (
     unet_blocks,
 )
 from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR
-from addlib.sampling import text_encoder_output
+from addlib.pipeline import text_encoder_output
 from addlib.train_add import ADDTrainer, Config, train
 
 B = 3

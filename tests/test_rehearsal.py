@@ -93,7 +93,7 @@ def test_add_on_a_hub_architecture_keeps_the_teachers_schedule_and_exports_a_stu
     pipeline samples on the same schedule, as diffusers' own call does."""
     from accelerate import Accelerator
 
-    from addlib.distillation import denoise
+    from addlib.pipeline import denoise
     from addlib.train_add import ADDTrainer, Config, student_pipeline
 
     config = Config.stable_diffusion(

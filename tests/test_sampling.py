@@ -5,15 +5,8 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from addlib.miniature import SCHEDULER_CONFIG, build_pipeline
-from addlib.sampling import (
-    classifier_free_guidance,
-    ddim_step,
-    ddim_timesteps,
-    ddpm_step,
-    encode_prompts,
-    renoise_step,
-    sample,
-)
+from addlib.pipeline import encode_prompts
+from addlib.sampling import classifier_free_guidance, ddim_step, ddim_timesteps, ddpm_step, renoise_step, sample
 
 PREDICTION_TYPES = ["epsilon", "sample", "v_prediction"]
 PROMPTS = ["a red circle", "a large blue square at the top left on a white background", "a green triangle"]

@@ -26,7 +26,7 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
     from addlib.latent_discriminator import teacher_tokens, unet_blocks
     from addlib.loading import load_pipeline
     from addlib.probe import linear_probe, pooled_tokens
-    from addlib.sampling import text_encoder_output
+    from addlib.pipeline import encode_latents, text_encoder_output
     from addlib.shapes import SEEDS, SIZES
 
     vit, teacher = load_feature_network(), load_pipeline()
@@ -43,7 +43,7 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
                      "clean image": f"{linear_probe(tokens[:, 0], shapes):.3f}"})
         rows.append({"features": f"TinyViT block {layer}, patches", **{f"t = {t}": "" for t in args.timesteps},
                      "clean image": f"{linear_probe(pooled_tokens(tokens[:, 1:]), shapes):.3f}"})
-    latents = teacher.vae.encode(images.to(teacher.device)).latent_dist.mean * teacher.vae.config.scaling_factor
+    latents = encode_latents(teacher.vae, images)  # the posterior's mean
     empty = text_encoder_output(teacher, [""])[0].expand(len(images), -1, -1)  # the prompt must not name the shape
     blocks = list(unet_blocks(teacher.unet))
     read = {block: {} for block in blocks}

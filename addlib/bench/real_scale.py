@@ -68,7 +68,7 @@ def bench_quality(args: argparse.Namespace) -> list[dict]:
     from addlib.generate import read_prompts
     from addlib.loading import is_hub_id, load_pipeline
     from addlib.rehearsal import random_weights
-    from addlib.sampling import image_size
+    from addlib.pipeline import image_size
 
     if not Path(args.clip_model).exists() and not is_hub_id(args.clip_model):  # a mistyped folder, not a hub id
         raise ValueError(f"--clip-model {args.clip_model}: no such folder, and not a hub id; give a CLIP folder "

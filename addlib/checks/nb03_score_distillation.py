@@ -31,9 +31,9 @@ def check_distillation_loss(fn: Callable, teacher) -> None:
     """Check ``fn(teacher, x_theta, prompt_embeds, timesteps, noise)`` is ADD's L_distill (exponential weighting,
     no guidance, pixel space), its value and its gradient with respect to the student's latents ``x_theta``.
     The cases are drawn on the CPU and handed over on the teacher's device, as the learner's own tensors would be."""
-    from addlib.distillation import decode_latents, distillation_loss
+    from addlib.distillation import distillation_loss
     from addlib.loading import model_device
-    from addlib.sampling import encode_prompts
+    from addlib.pipeline import decode_latents, encode_prompts
 
     device = model_device(teacher.unet)
     alphas_cumprod = teacher.scheduler.alphas_cumprod.to(device)
