@@ -47,6 +47,36 @@ def interrupt_at_call(monkeypatch):
     return install
 
 
+@pytest.fixture
+def straight_and_resumed(tmp_path, interrupt_at_call):
+    """``go(train, owner, name, call)`` runs ``train(out, run_dir, resume)`` once straight through, and once
+    interrupted at ``owner.name``'s ``call``-th call and then resumed; it returns the two runs' ``(out, run_dir)``
+    for the test to compare, which must find them the same."""
+    def go(train, owner, name: str, call: int):
+        straight, resumed = (tmp_path / "straight", tmp_path / "run_straight"), (tmp_path / "resumed",
+                                                                                  tmp_path / "run_resumed")
+        train(*straight, False)
+        restore = interrupt_at_call(owner, name, call)
+        with pytest.raises(KeyboardInterrupt):
+            train(*resumed, False)
+        restore()
+        train(*resumed, True)
+        return straight, resumed
+    return go
+
+
+@pytest.fixture
+def same_tensors():
+    """``same(a, b)``: whether two safetensors files hold the same tensors, bit for bit."""
+    import torch
+    from safetensors.torch import load_file
+
+    def same(a, b) -> bool:
+        a, b = load_file(a), load_file(b)
+        return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return same
+
+
 @pytest.fixture(scope="module")
 def teacher():
     """The shipped teacher pipeline, frozen as the trainers freeze it."""

@@ -113,22 +113,16 @@ def test_bad_input_is_one_line_naming_the_choices(teacher):
         ADDTrainer(Config(discriminator="ladd", ladd_layers="up.9", steps=1, batch_size=2), Accelerator())
 
 
-def test_ladd_training_resumes_exactly_and_moves_student_and_heads(tmp_path, interrupt_at_call):
+def test_ladd_training_resumes_exactly_and_moves_student_and_heads(straight_and_resumed, same_tensors):
     tiny = dict(steps=4, batch_size=4, checkpoint_every=2, discriminator="ladd")
-    train(Config(**tiny), tmp_path / "straight", tmp_path / "run_straight")
-    restore = interrupt_at_call(train_add.ADDTrainer, "step", 3)
-    with pytest.raises(KeyboardInterrupt):
-        train(Config(**tiny), tmp_path / "resumed", tmp_path / "run_resumed")
-    restore()
-    train(Config(**tiny), tmp_path / "resumed", tmp_path / "run_resumed", resume=True)
-    straight, resumed = (load_file(tmp_path / f"run_{name}" / "checkpoint.safetensors")
-                         for name in ("straight", "resumed"))
-    assert straight.keys() == resumed.keys() and all(torch.equal(straight[k], resumed[k]) for k in straight)
-    log = json.loads((tmp_path / "straight" / "loss_log.json").read_text())
+    (straight, straight_run), (_, resumed_run) = straight_and_resumed(
+        lambda out, run_dir, resume: train(Config(**tiny), out, run_dir, resume), train_add.ADDTrainer, "step", 3)
+    assert same_tensors(straight_run / "checkpoint.safetensors", resumed_run / "checkpoint.safetensors")
+    log = json.loads((straight / "loss_log.json").read_text())
     assert log[0]["r1"] > 0 and log[0]["adversarial"] != 0
-    heads = [k for k in straight if k.startswith("module.heads.")]
+    heads = [k for k in load_file(straight_run / "checkpoint.safetensors") if k.startswith("module.heads.")]
     assert heads and not any("unet" in k for k in heads)
-    recipe = json.loads((tmp_path / "straight" / "recipe.json").read_text())
+    recipe = json.loads((straight / "recipe.json").read_text())
     assert "--discriminator ladd" in recipe["command"] and "--ladd-layers down.1,mid,up.1" in recipe["command"]
 
 

@@ -26,20 +26,14 @@ from addlib.train_add import ADDTrainer, Config, student_pipeline, train
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call):
-    train(Config(**TINY), tmp_path / "straight", tmp_path / "run_straight")
-    restore = interrupt_at_call(train_add.ADDTrainer, "step", 3)  # the third step, after the step-2 checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        train(Config(**TINY), tmp_path / "resumed", tmp_path / "run_resumed")
-    restore()
-    train(Config(**TINY), tmp_path / "resumed", tmp_path / "run_resumed", resume=True)
-
-    straight = load_file(tmp_path / "straight" / "unet" / "diffusion_pytorch_model.safetensors")
-    resumed = load_file(tmp_path / "resumed" / "unet" / "diffusion_pytorch_model.safetensors")
-    assert all((straight[k] == resumed[k]).all() for k in straight)
-    log = lambda name: json.loads((tmp_path / name / "loss_log.json").read_text())
-    assert log("straight") == log("resumed")
-    recipe = json.loads((tmp_path / "straight" / "recipe.json").read_text())
+def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, straight_and_resumed, same_tensors):
+    (straight, _), (resumed, _) = straight_and_resumed(  # the third step, after the step-2 checkpoint
+        lambda out, run_dir, resume: train(Config(**TINY), out, run_dir, resume), train_add.ADDTrainer, "step", 3)
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    assert same_tensors(straight / weights, resumed / weights)
+    log = lambda out: json.loads((out / "loss_log.json").read_text())  # noqa: E731
+    assert log(straight) == log(resumed)
+    recipe = json.loads((straight / "recipe.json").read_text())
     assert recipe["command"].startswith("python -m addlib.train_add") and recipe["config"]["steps"] == 4
 
 

@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from safetensors.torch import load_file
 
 from addlib import train_teacher
 from addlib.runs import lr_at
@@ -18,21 +17,13 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(rates[9:], rates[10:])) and rates[-1] == pytest.approx(0.1, abs=1e-3)
 
 
-def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, interrupt_at_call):
-    config = Config(**TINY)
-    train(config, tmp_path / "straight", tmp_path / "run_straight")
-    restore = interrupt_at_call(train_teacher, "denoising_loss", 3)  # the third UNet step, after the step-2 checkpoint
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed", tmp_path / "run_resumed")
-    restore()
-    train(config, tmp_path / "resumed", tmp_path / "run_resumed", resume=True)
-
+def test_resume_repeats_an_uninterrupted_run_exactly(straight_and_resumed, same_tensors):
+    (straight, _), (resumed, _) = straight_and_resumed(  # the third UNet step, after the step-2 checkpoint
+        lambda out, run_dir, resume: train(Config(**TINY), out, run_dir, resume), train_teacher, "denoising_loss", 3)
     for part in ["unet/diffusion_pytorch_model", "vae/diffusion_pytorch_model", "text_encoder/model"]:
-        straight = load_file(tmp_path / "straight" / f"{part}.safetensors")
-        resumed = load_file(tmp_path / "resumed" / f"{part}.safetensors")
-        assert all((straight[k] == resumed[k]).all() for k in straight), f"{part} differs after resume"
-    log = lambda name: json.loads((tmp_path / name / "loss_log.json").read_text())
-    assert log("straight") == log("resumed")
+        assert same_tensors(straight / f"{part}.safetensors", resumed / f"{part}.safetensors"), f"{part} differs"
+    log = lambda out: json.loads((out / "loss_log.json").read_text())  # noqa: E731
+    assert log(straight) == log(resumed)
 
 
 def test_nan_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, monkeypatch):

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from addlib import train_tiny_vae
 from addlib.loading import load_tiny_vae
@@ -11,18 +10,13 @@ from addlib.train_tiny_vae import Config, train
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 
 
-def test_resume_repeats_an_uninterrupted_run_and_the_result_loads(tmp_path, interrupt_at_call):
-    train(Config(**TINY), tmp_path / "straight", tmp_path / "run_straight")
-    restore = interrupt_at_call(train_tiny_vae, "tiny_vae_loss", 3)
-    with pytest.raises(KeyboardInterrupt):
-        train(Config(**TINY), tmp_path / "resumed", tmp_path / "run_resumed")
-    restore()
-    train(Config(**TINY), tmp_path / "resumed", tmp_path / "run_resumed", resume=True)
+def test_resume_repeats_an_uninterrupted_run_and_the_result_loads(straight_and_resumed, same_tensors):
+    (straight, _), (resumed, _) = straight_and_resumed(
+        lambda out, run_dir, resume: train(Config(**TINY), out, run_dir, resume), train_tiny_vae, "tiny_vae_loss", 3)
     weights = "diffusion_pytorch_model.safetensors"
-    straight, resumed = load_file(tmp_path / "straight" / weights), load_file(tmp_path / "resumed" / weights)
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    assert same_tensors(straight / weights, resumed / weights)
 
-    tiny = load_tiny_vae(tmp_path / "straight", device="cpu")
+    tiny = load_tiny_vae(straight, device="cpu")
     latents = tiny.encode(torch.zeros(2, 3, 32, 32)).latents
     assert latents.shape == (2, 4, 8, 8) and tiny.decode(latents).sample.shape == (2, 3, 32, 32)
 
