@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from addlib.errors import check_images
+from addlib.errors import check_images, check_integer
 from addlib.forward_process import predict_x0_and_epsilon
 from addlib.loading import quiet_diffusers
 from addlib.pipeline import check_image_size, encode_prompts, image_size, vae_factor
@@ -123,9 +123,7 @@ class StreamDiffusion:
             raise ValueError(f"unknown cfg_type {cfg_type!r}; choose one of {', '.join(CFG_TYPES)}")
         if num_inference_steps is None:
             num_inference_steps = getattr(pipe.scheduler.config, "original_inference_steps", None) or 50
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be an integer of at least 1 (the grid t_index_list indexes), "
-                             f"got {num_inference_steps!r}")
+        check_integer("num_inference_steps", num_inference_steps, 1)  # the grid t_index_list indexes
         if cfg_type != "none" and not (math.isfinite(guidance_scale) and guidance_scale >= 1):
             raise ValueError(f"guidance_scale must be a finite number of at least 1 with cfg_type {cfg_type!r} (1 "
                              f"turns guidance off; below 1 it pulls towards the negative), got {guidance_scale}")

@@ -173,11 +173,11 @@ class Config:
     def ignored(self) -> dict[str, str]:
         """The fields this configuration never reads, each with the reason: a command line that sets one is
         refused (:func:`addlib.checkpoints.parse_run_arguments`), rather than train as if it had been read."""
-        why = {}
-        if "ladd" not in self.discriminator.split("+"):
+        why, heads = {}, self.discriminator.split("+")
+        if "ladd" not in heads:
             why |= dict.fromkeys(("ladd_layers", "ladd_t_mean", "ladd_t_std"),
                                  "only --discriminator ladd or add+ladd reads it")
-        if "add" not in self.discriminator.split("+"):
+        if "add" not in heads:
             why |= dict.fromkeys(("feature_network", "discriminator_layers", "discriminator_conditioning", "augment"),
                                  "LADD's heads read the teacher's own features; only --discriminator add or add+ladd "
                                  "reads it")
