@@ -1,6 +1,7 @@
 """addlib: the small library behind the course on Adversarial Diffusion Distillation and streaming inference.
 
-One module per idea, in the order the notebooks meet them; import what you need from its module, e.g.
+One module per idea, in the order the notebooks meet them, at the top of the package; the machinery that
+measures them and builds the course sits in folders below. Import what you need from its module, e.g.
 ``from addlib.forward_process import add_noise``.
 
 The ideas
@@ -19,29 +20,21 @@ The ideas
     latent_discriminator  LADD's discriminator: heads on the teacher's features of re-noised latents (08)
     probe            linear probes: what a frozen network's features show (08)
 
-Data, models and measurement
+Data and models
     loading          the shipped models' paths; pipelines, tiny VAEs and hub ids loaded with one-line errors
     datasets         your own training data: image-caption folders, Hugging Face datasets, video frames
-    metrics          prompt accuracy and shapes-FID on the miniature
-    evaluation       CLIP score, FID and FD_CLIP at real scale
-    preference       the paper's user study in miniature: two-alternative choices, win rates, an automatic judge (05)
     evaluators       the attribute classifier and TinyViT that measure the miniature and feed its discriminator
-    rehearsal        the hub models' architectures from their published configs, with random weights
-    timing           frames per second, and the compute bound a stream approaches (bench, notebook 07)
-    bench            every speed and quality table of docs/benchmarks.md: ``python -m addlib.bench ...``; the
-                     course's targets in bench.tables, a module per kind of measurement (quality, discriminators,
-                     streaming, real_scale)
 
-Training the shipped models (each records its command in data/<model>/recipe.json)
-    train_teacher, train_tiny_vae, train_evaluators
-    runs             what every trainer shares: progress, checkpoints, NaN stops, lr schedule, seeds, recipe
-    checkpoints      checkpoints in safetensors (no pickle) for exact resumes; the trainers' command lines
-
-The course's machinery
-    checks           the exercises' checkers, one module per notebook, which say precisely what is wrong
-    exercises        learner notebooks made from the solutions, and the README's notebook table
-    plotting         the notebooks' figure helpers
-    errors           the one-line errors every entry point shares
+The machinery, in folders of their own: nothing above imports from bench or course
+    utils            what every trainer and command shares: errors (one-line errors), runs (the run loop,
+                     NaN stops, seeds, recipe), checkpoints (safetensors checkpoints, the trainers' command lines)
+    bench            every speed and quality table of docs/benchmarks.md: ``python -m addlib.bench ...``, the
+                     course's targets in bench.tables, and what the tables are made of: metrics (prompt accuracy,
+                     shapes-FID), evaluation (CLIP score, FID at real scale), preference (the user study in
+                     miniature), timing (frames per second)
+    course           the course's own machinery: checks (the exercises' checkers), exercises (learner notebooks
+                     from the solutions), plotting, rehearsal (the hub architectures with random weights), and the
+                     trainers of the shipped miniature, train_teacher, train_tiny_vae, train_evaluators
 """
 
 __version__ = "0.1.0"

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from addlib.errors import check_images
 from addlib.miniature import check_prompts
+from addlib.utils.errors import check_images
 
 
 class ImageCaptions(torch.utils.data.Dataset):

@@ -140,7 +140,7 @@ def load_dinov2(model_id: str = DINOV2_ID, image_size: int = 224) -> DINOv2Featu
 
 def feature_network(name: str) -> torch.nn.Module:
     """The discriminator's frozen feature network: "miniature" (the shipped TinyViT, data/evaluators/vit), a
-    folder holding another TinyViT (``python -m addlib.train_evaluators --which vit --out ...``), or a DINOv2
+    folder holding another TinyViT (``python -m addlib.course.train_evaluators --which vit --out ...``), or a DINOv2
     hub id or folder (ADD's choice at the real scale)."""
     from addlib.evaluators import load_feature_network
 

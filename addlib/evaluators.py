@@ -2,7 +2,7 @@
 
 - :class:`AttributeClassifier`, a CNN that reads the five attributes (shape, colour, size, position,
   background) back from an image. It is the *evaluator*: never used in training, it gives the offline metrics
-  of :mod:`addlib.metrics` that mirror the ADD paper's (Sauer et al., 2023, "Adversarial Diffusion
+  of :mod:`addlib.bench.metrics` that mirror the ADD paper's (Sauer et al., 2023, "Adversarial Diffusion
   Distillation") two axes. Prompt accuracy stands in for CLIP score, and shapes-FID is the FID recipe (Heusel
   et al., 2017) in this classifier's penultimate features instead of Inception's, as FID on MNIST uses a LeNet.
 - :class:`TinyViT`, a Vision Transformer (Dosovitskiy et al., 2021, "An Image is Worth 16x16 Words") pretrained
@@ -10,7 +10,7 @@
   *feature network* of ADD's discriminator, standing in for DINOv2 (Oquab et al., 2023): discriminator heads
   read its token features from several layers. Its interface follows transformers' ``Dinov2Model``.
 
-Both are trained by ``python -m addlib.train_evaluators`` and stored as ``config.json`` (class and constructor
+Both are trained by ``python -m addlib.course.train_evaluators`` and stored as ``config.json`` (class and constructor
 arguments) + ``model.safetensors`` (weights; never pickle) by :func:`save_evaluator`.
 """
 
@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from addlib.errors import resolve_device
 from addlib.loading import DATA_DIR, to_model
 from addlib.shapes import ATTRIBUTES
+from addlib.utils.errors import resolve_device
 
 EVALUATORS_DIR = DATA_DIR / "evaluators"
 CLASSIFIER_DIR = EVALUATORS_DIR / "classifier"
@@ -211,7 +211,7 @@ class TinyViT(_AttributeReader):
 
 
 _CLASSES = {cls.__name__: cls for cls in (AttributeClassifier, TinyViT)}
-_REBUILD = "rebuild it with `python -m addlib.train_evaluators`"
+_REBUILD = "rebuild it with `python -m addlib.course.train_evaluators`"
 
 
 def save_evaluator(model: AttributeClassifier | TinyViT, folder: str | Path) -> None:

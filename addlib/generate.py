@@ -29,12 +29,12 @@ import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.datasets import to_uint8
-from addlib.errors import OneLineParser, at_least, check_integer, run_command
 from addlib.loading import DATA_DIR, load_pipeline
 from addlib.miniature import check_prompts
 from addlib.pipeline import check_image_size, image_size, vae_factor
-from addlib.runs import step_generator
 from addlib.sampling import sample
+from addlib.utils.errors import OneLineParser, at_least, check_integer, run_command
+from addlib.utils.runs import step_generator
 
 SETTINGS_FILE = "generation.json"
 METADATA_FILE = "metadata.jsonl"

@@ -31,18 +31,18 @@ from diffusers.utils import logging as diffusers_logging  # noqa: E402
 
 transformers_logging.set_verbosity(_verbosity)
 
-from addlib.errors import check_dtype_runs, resolve_device  # noqa: E402
+from addlib.utils.errors import check_dtype_runs, resolve_device  # noqa: E402
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
-TEACHER_DIR = DATA_DIR / "teacher"  # the miniature teacher, python -m addlib.train_teacher
+TEACHER_DIR = DATA_DIR / "teacher"  # the miniature teacher, python -m addlib.course.train_teacher
 STUDENT_DIR = DATA_DIR / "student"  # the student: python -m addlib.train_add --discriminator add+ladd
 LADD_STUDENT_DIR = DATA_DIR / "ladd_student"  # LADD's heads alone: python -m addlib.train_add --discriminator ladd
-TINY_VAE_DIR = DATA_DIR / "tiny_vae"  # the miniature's TAESD, python -m addlib.train_tiny_vae
+TINY_VAE_DIR = DATA_DIR / "tiny_vae"  # the miniature's TAESD, python -m addlib.course.train_tiny_vae
 HEALTH_DIR = DATA_DIR / "health"  # loss logs of short ADD runs that show a GAN's health (notebook 05)
-REBUILD = {TEACHER_DIR: "python -m addlib.train_teacher",
+REBUILD = {TEACHER_DIR: "python -m addlib.course.train_teacher",
            STUDENT_DIR: "python -m addlib.train_add --discriminator add+ladd",
            LADD_STUDENT_DIR: f"python -m addlib.train_add --discriminator ladd --out {LADD_STUDENT_DIR}",
-           TINY_VAE_DIR: "python -m addlib.train_tiny_vae"}
+           TINY_VAE_DIR: "python -m addlib.course.train_tiny_vae"}
 
 def is_hub_id(path: str | Path) -> bool:
     """Whether ``path`` could name a hub repository, by huggingface_hub's own rule ("name" or "namespace/name")."""
@@ -165,7 +165,7 @@ def pipeline_available(path: str | Path) -> bool:
 def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | None = None,
                   dtype: torch.dtype = torch.float32) -> AutoencoderTiny:
     """A frozen ``AutoencoderTiny``: the miniature's (the default, or ``"miniature"``; ``python -m
-    addlib.train_tiny_vae``) or a folder or hub id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes
+    addlib.course.train_tiny_vae``) or a folder or hub id, e.g. madebyollin/taesd for SD 1.x and 2.x latents. It decodes
     the scaled latents the UNet works in; give it the UNet's ``dtype`` (a stream in float16, say)."""
     path = TINY_VAE_DIR if str(path) == MINIATURE else path
     device = resolve_device(device)
@@ -177,7 +177,7 @@ def load_tiny_vae(path: str | Path = TINY_VAE_DIR, device: str | torch.device | 
             return AutoencoderTiny.from_pretrained(path, use_safetensors=True, torch_dtype=dtype)
 
     vae = from_folder_or_hub(load, path, "tiny VAE", "config.json",
-                             "train one with `python -m addlib.train_tiny_vae --out FOLDER`",
+                             "train one with `python -m addlib.course.train_tiny_vae --out FOLDER`",
                              "decode with the pipeline's own VAE")
     return vae.to(device).eval().requires_grad_(False)
 

@@ -11,7 +11,7 @@ Every part is the class a real Stable Diffusion uses, only with tiny configurati
 - ``DDIMScheduler`` with v-prediction and a zero-terminal-SNR schedule (Lin et al., 2024), so the teacher
   can start from pure noise, as notebook 01 explains and as ADD's student must.
 
-``build_pipeline()`` makes an untrained pipeline from these configurations; ``python -m addlib.train_teacher``
+``build_pipeline()`` makes an untrained pipeline from these configurations; ``python -m addlib.course.train_teacher``
 trains it and saves it to ``data/teacher``; :func:`addlib.loading.load_pipeline` loads it.
 """
 
@@ -25,6 +25,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from addlib.loading import write_bpe_files  # first: it quiets a notice transformers gives as diffusers imports
+
 from diffusers import (  # noqa: E402  isort: skip
     AutoencoderKL,
     DDIMScheduler,

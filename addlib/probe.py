@@ -96,35 +96,6 @@ class Pool:
                 discriminator.view(self.fake_images, self.fake_latents))
 
 
-@torch.no_grad()
-def one_step_pool(teacher, student_unet, num_images: int, seed: int, resolution: int = 32,
-                  batch_size: int = 256) -> Pool:
-    """``num_images`` real shapes (``seed``) and the student's one-step predictions for their captions, from pure
-    noise at t = 999 (ADD's one-step sampling), decoded with the teacher's VAE, each fake marked right or wrong
-    by the shipped evaluator (:func:`addlib.metrics.prompt_correct`), which no discriminator ever reads. The
-    pool is on the teacher's device."""
-    from addlib.evaluators import load_attribute_classifier
-    from addlib.loading import to_model
-    from addlib.metrics import prompt_correct
-    from addlib.pipeline import decode_latents, denoise, encode_latents, text_encoder_output
-    from addlib.shapes import make_shapes
-
-    images, captions, _ = make_shapes(num_images, seed, resolution, omit_prob=0.5)
-    generator = torch.Generator().manual_seed(seed)
-    parts = []
-    for start in range(0, num_images, batch_size):
-        batch, words = to_model(images[start:start + batch_size], teacher.vae), captions[start:start + batch_size]
-        latents = encode_latents(teacher.vae, batch, generator)
-        encoded = text_encoder_output(teacher, words)
-        noise = torch.randn(latents.shape, generator=generator)
-        timesteps = torch.full((len(batch),), len(teacher.scheduler.alphas_cumprod) - 1)
-        fake_latents = denoise(student_unet, teacher.scheduler, noise, timesteps, encoded[0])[0]
-        parts.append((batch, latents, encoded[0], encoded.pooler_output,
-                      decode_latents(teacher, fake_latents).clamp(-1, 1), fake_latents))
-    columns = [torch.cat(column) for column in zip(*parts)]
-    return Pool(*columns, prompt_correct(columns[4], captions, load_attribute_classifier()))
-
-
 def heads_probe(discriminator, optimizer, train: Pool, held_out: Pool, r1_weight: float, steps: int,
                 batch_size: int, seed: int = 0) -> dict[str, float]:
     """Train fresh discriminator heads alone, for ``steps`` steps of ``discriminator.loss`` on batches of real

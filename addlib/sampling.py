@@ -28,9 +28,9 @@ from __future__ import annotations
 import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
-from addlib.errors import check_finite, check_integer
 from addlib.forward_process import per_sample, predict_x0_and_epsilon
 from addlib.pipeline import check_image_size, decode_latents, encode_prompts, image_size, vae_factor
+from addlib.utils.errors import check_finite, check_integer
 
 SAMPLERS = ("ddim", "ddpm", "add")
 

@@ -31,11 +31,11 @@ import math
 
 import torch
 
-from addlib.errors import check_images, check_integer
 from addlib.forward_process import predict_x0_and_epsilon
 from addlib.loading import quiet_diffusers
 from addlib.pipeline import check_image_size, encode_prompts, image_size, vae_factor
 from addlib.sampling import classifier_free_guidance, ddim_timesteps, guidance_batch
+from addlib.utils.errors import check_images, check_integer
 
 CFG_TYPES = ("none", "full", "self", "initialize")
 # torch.compile's modes. "reduce-overhead" adds CUDA graphs on a GPU: the whole UNet call replayed as one launch,

@@ -59,7 +59,6 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
-from addlib.checkpoints import parse_run_arguments
 from addlib.datasets import open_dataset
 from addlib.discriminator import (
     DINOV2_ID,
@@ -74,7 +73,6 @@ from addlib.discriminator import (
     verdicts,
 )
 from addlib.distillation import WEIGHTINGS, distillation_loss
-from addlib.errors import OneLineParser, check_config, run_command
 from addlib.forward_process import add_noise
 from addlib.generate import generate, read_prompts, shapes_prompts
 from addlib.latent_discriminator import T_MEAN, T_STD, LatentDiscriminator, check_logit_normal
@@ -89,8 +87,10 @@ from addlib.pipeline import (
     text_encoder_output,
     vae_factor,
 )
-from addlib.runs import Run, TrainableParameters, check_finite, ema_update, step_generator
 from addlib.shapes import SEEDS, make_shapes
+from addlib.utils.checkpoints import parse_run_arguments
+from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.runs import Run, TrainableParameters, check_finite, ema_update, step_generator
 
 
 @dataclass
@@ -172,7 +172,7 @@ class Config:
 
     def ignored(self) -> dict[str, str]:
         """The fields this configuration never reads, each with the reason: a command line that sets one is
-        refused (:func:`addlib.checkpoints.parse_run_arguments`), rather than train as if it had been read."""
+        refused (:func:`addlib.utils.checkpoints.parse_run_arguments`), rather than train as if it had been read."""
         why, heads = {}, self.discriminator.split("+")
         if "ladd" not in heads:
             why |= dict.fromkeys(("ladd_layers", "ladd_t_mean", "ladd_t_std"),
@@ -189,7 +189,7 @@ class Config:
         return why
 
     def check(self) -> None:
-        """Refuse, in one line, a configuration no run can use: :func:`addlib.errors.check_config`, then ADD's
+        """Refuse, in one line, a configuration no run can use: :func:`addlib.utils.errors.check_config`, then ADD's
         own rules."""
         check_config(self)
         self.timesteps()

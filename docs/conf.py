@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-from addlib.exercises import SETUP_MARKER, colab_url, repository_url
+from addlib.course.exercises import SETUP_MARKER, colab_url, repository_url
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", "docs/benchmarks.md", "solutions/*.ipynb"]
@@ -77,7 +77,7 @@ def prepare_notebook(notebook, name):
     exercise = f"notebooks/{name}.ipynb"
     colab = colab_url(repository_url(ROOT), exercise)
     links = f"[Open in Colab]({colab}) · [download the exercise notebook](../{exercise})"
-    # The first Markdown cell begins with the title (addlib.exercises requires it of every notebook).
+    # The first Markdown cell begins with the title (addlib.course.exercises requires it of every notebook).
     title = next(cell for cell in notebook.cells if cell.cell_type == "markdown")
     title.source = re.sub(r"^# .*", lambda heading: f"{heading[0]}\n\n{links}\n", title.source, count=1)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU figure of docs/benchmarks.md ("Real scale on a GPU") in one call on one H100/H200, offline: the
-# models are the rehearsal models (the hub architectures with random weights, addlib.rehearsal), so the figures
+# models are the rehearsal models (the hub architectures with random weights, addlib.course.rehearsal), so the figures
 # are of time and memory, never of quality.
 #
 #   bash scripts/gpu_figures.sh [LOG_DIR]     # one log per stage in LOG_DIR (default runs/gpu/logs)
@@ -61,7 +61,7 @@ for ((i = 0; i < ${#limits[@]}; i += 2)); do limit[${limits[i]}]=${limits[i + 1]
 stage environment "${limit[environment]}" "$python" -c "import sys, torch, diffusers, transformers
 print(sys.version.split()[0], 'torch', torch.__version__, 'diffusers', diffusers.__version__,
       'transformers', transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU')"
-stage build "${limit[build]}" "$python" -m addlib.rehearsal --out "$models" \
+stage build "${limit[build]}" "$python" -m addlib.course.rehearsal --out "$models" \
     --models stabilityai/stable-diffusion-2-1-base stabilityai/sd-turbo nota-ai/bk-sdm-tiny facebook/dinov2-small \
     madebyollin/taesd "$clip"
 folder() { echo "$models/${1/\//--}"; }

@@ -21,11 +21,11 @@ import torch
 from accelerate import Accelerator
 
 from addlib.bench.quality import evaluation_set, quality_row
-from addlib.checkpoints import resume_checkpoint
 from addlib.evaluators import load_attribute_classifier
-from addlib.runs import set_lr
 from addlib.sampling import sample
 from addlib.train_add import ADDTrainer, Config, student_pipeline
+from addlib.utils.checkpoints import resume_checkpoint
+from addlib.utils.runs import set_lr
 
 CHOOSING_SEED = 8
 

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from addlib.checkpoints import add_config_options, field_comments
+from addlib.utils.checkpoints import add_config_options, field_comments
 
 
 @dataclasses.dataclass
@@ -39,7 +39,8 @@ def test_help_shows_each_options_comment_and_default():
     assert "--ratio RATIO (default: 0.5)" in text and "100% optional" in text  # a % in a comment survives
 
 
-@pytest.mark.parametrize("module", ["train_add", "train_teacher", "train_tiny_vae", "train_evaluators"])
+@pytest.mark.parametrize("module", ["train_add", "course.train_teacher", "course.train_tiny_vae",
+                                    "course.train_evaluators"])
 def test_every_training_option_says_what_it_does(module):
     config = importlib.import_module(f"addlib.{module}").Config
     comments = field_comments(config)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from addlib import checks
+from addlib.course import checks
 
 
 def add_noise_right(x0, noise, timesteps, alphas_cumprod):
@@ -402,7 +402,7 @@ def test_a_name_error_in_a_notebook_says_it_comes_from_a_cell_that_stopped(capsy
 
     shell = InteractiveShell.instance()
     try:
-        shell.run_cell("from addlib import checks")
+        shell.run_cell("from addlib.course import checks")
         checks.explain_name_errors()  # the package registers itself on import; again, in this shell
         result = shell.run_cell("mine.shape")
         err = capsys.readouterr().err
@@ -461,7 +461,7 @@ def test_discriminator_loss_checker(capsys, small_trainer):
 
 
 def train_step_right(trainer, step, order="generator first", together=False, clip=True, ema=True):
-    from addlib.runs import ema_update
+    from addlib.utils.runs import ema_update
 
     config = trainer.config
     inputs = trainer.inputs(step)

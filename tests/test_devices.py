@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from addlib.bench.metrics import prompt_accuracy, shapes_fid
 from addlib.distillation import distillation_loss, teacher_target
-from addlib.errors import resolve_device
 from addlib.evaluators import AttributeClassifier, TinyViT, load_attribute_classifier
 from addlib.latent_discriminator import teacher_tokens
 from addlib.loading import load_pipeline, load_tiny_vae
-from addlib.metrics import prompt_accuracy, shapes_fid
 from addlib.miniature import build_pipeline
 from addlib.pipeline import decode_latents, encode_prompts
 from addlib.sampling import sample
 from addlib.shapes import make_shapes
+from addlib.utils.errors import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a red circle", "a large blue square"]
@@ -101,7 +101,7 @@ def test_sample_and_the_metrics_take_the_models_dtype(pipe):
 
 
 def test_the_probe_pool_is_made_where_the_teacher_is(pipe):
-    from addlib.probe import one_step_pool
+    from addlib.bench.discriminators import one_step_pool
 
     teacher = copy.deepcopy(pipe).to(torch.float64)
     pool = one_step_pool(teacher, teacher.unet, num_images=3, seed=0)

@@ -6,9 +6,10 @@ import sys
 import pytest
 import torch
 
-from addlib import bench, exercises, rehearsal, train_add, train_evaluators, train_teacher, train_tiny_vae
-from addlib.errors import check_config, check_images, resolve_device, run_command
+from addlib import bench, train_add
+from addlib.course import exercises, rehearsal, train_evaluators, train_teacher, train_tiny_vae
 from addlib.train_add import Config
+from addlib.utils.errors import check_config, check_images, resolve_device, run_command
 
 
 @pytest.mark.parametrize("change, message", [

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from addlib import train_evaluators
+from addlib.course import train_evaluators
 from addlib.evaluators import (
     AttributeClassifier,
     TinyViT,
@@ -124,12 +124,12 @@ def test_save_load_round_trip(network, request, images, tmp_path):
     load_as = load_attribute_classifier if network == "classifier" else load_feature_network
     assert type(load_as(tmp_path)) is type(model)
     other = load_feature_network if network == "classifier" else load_attribute_classifier
-    with pytest.raises(TypeError, match="python -m addlib.train_evaluators"):
+    with pytest.raises(TypeError, match="python -m addlib.course.train_evaluators"):
         other(tmp_path)
 
 
 def test_missing_or_corrupt_folder_errors(classifier, tmp_path):
-    rebuild = r"rebuild it with `python -m addlib.train_evaluators`$"
+    rebuild = r"rebuild it with `python -m addlib.course.train_evaluators`$"
     with pytest.raises(FileNotFoundError, match=r"^no evaluator in .*; " + rebuild):
         load_attribute_classifier(tmp_path / "nowhere")
     save_evaluator(classifier, tmp_path)
@@ -147,7 +147,7 @@ def test_training_smoke_run(tmp_path, capsys):
         assert sorted(p.name for p in folder.iterdir()) == ["config.json", "loss_log.json", "model.safetensors",
                                                             "recipe.json"]
         recipe = json.loads((folder / "recipe.json").read_text())
-        assert recipe["command"].startswith(f"python -m addlib.train_evaluators --which {name} ")
+        assert recipe["command"].startswith(f"python -m addlib.course.train_evaluators --which {name} ")
         assert recipe["config"]["seed"] == 1 and recipe["config"][f"{name}_steps"] == 5
         assert set(recipe["held_out_accuracy"]) == set(ATTRIBUTES) and recipe["minutes"] >= 0
         if name == "classifier":

@@ -11,11 +11,11 @@ import torch
 from accelerate import Accelerator
 
 from addlib import generate as generation
+from addlib.course.rehearsal import REHEARSAL_DIR, _clip_tokenizer
 from addlib.datasets import HubImageCaptions, ImageCaptionFolder, open_dataset
 from addlib.generate import generate, read_prompts, shapes_prompts
 from addlib.loading import load_pipeline
 from addlib.miniature import build_tokenizer
-from addlib.rehearsal import REHEARSAL_DIR, _clip_tokenizer
 from addlib.train_add import ADDTrainer, Config
 
 SETTINGS = dict(teacher="miniature", num_inference_steps=2, guidance_scale=3.0, seed=5, batch_size=4,

@@ -8,8 +8,15 @@ from safetensors import safe_open
 from transformers import CLIPTextModel
 
 from addlib import loading
-from addlib.loading import (LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, load_pipeline, load_tiny_vae, pipeline_available,
-                            save_pipeline)
+from addlib.loading import (
+    LADD_STUDENT_DIR,
+    STUDENT_DIR,
+    TEACHER_DIR,
+    load_pipeline,
+    load_tiny_vae,
+    pipeline_available,
+    save_pipeline,
+)
 from addlib.miniature import MAX_PROMPT_TOKENS, build_pipeline, learn_bpe
 from addlib.shapes import VOCABULARY
 

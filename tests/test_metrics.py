@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from addlib.metrics import (
+from addlib.bench.metrics import (
     REFERENCE_SEED,
     count_shapes,
     feature_statistics,

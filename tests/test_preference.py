@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from addlib.bench.preference import PreferenceStudy, attribute_judge, wilson_interval
 from addlib.evaluators import load_attribute_classifier
-from addlib.preference import PreferenceStudy, attribute_judge, wilson_interval
 from addlib.shapes import make_malformed, make_shapes
 
 

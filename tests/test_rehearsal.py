@@ -7,9 +7,9 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, Dinov2Model
 
+from addlib.course.rehearsal import MODELS, REHEARSAL_DIR, build, folder_name, main, random_weights
 from addlib.discriminator import load_dinov2
 from addlib.loading import load_pipeline, load_tiny_vae
-from addlib.rehearsal import MODELS, REHEARSAL_DIR, build, folder_name, main, random_weights
 from addlib.sampling import sample
 
 # Parameter counts as the model cards and papers give them: SD 2.x's UNet 865.9M, OpenCLIP-H's text tower (its
@@ -140,7 +140,7 @@ def test_the_real_scale_evaluation_runs_on_the_rehearsal_models_on_a_cpu_in_unde
     FID where torch-fidelity is installed; the scores mean nothing here, the code path is what is tested."""
     import time
 
-    from addlib.evaluation import evaluate
+    from addlib.bench.evaluation import evaluate
 
     teacher = load_pipeline(rehearsal / "nota-ai--bk-sdm-tiny", device="cpu")
     prompts = ["a photo of a red bicycle", "a bowl of lemons on a table", "a snowy mountain village"]
@@ -164,8 +164,8 @@ def test_the_real_scale_evaluation_runs_on_the_rehearsal_models_on_a_cpu_in_unde
 def test_clip_score_is_the_cosine_clip_itself_computes(rehearsal):
     from transformers import CLIPModel
 
+    from addlib.bench.evaluation import clip_score, load_clip
     from addlib.datasets import to_uint8
-    from addlib.evaluation import clip_score, load_clip
 
     model, processor = load_clip(rehearsal / "openai--clip-vit-base-patch32")
     images, prompts = torch.rand(3, 3, 64, 64) * 2 - 1, ["a cat", "a dog on a sofa", "a red bicycle"]
@@ -181,8 +181,8 @@ def test_clip_score_is_the_cosine_clip_itself_computes(rehearsal):
 
 
 def test_fd_clip_is_zero_for_a_set_against_itself_and_grows_with_a_shift(rehearsal):
+    from addlib.bench.evaluation import frechet_distances, load_clip
     from addlib.datasets import to_uint8
-    from addlib.evaluation import frechet_distances, load_clip
 
     clip = load_clip(rehearsal / "openai--clip-vit-base-patch32")
     metric = frechet_distances(clip)[0]["FD_CLIP"]

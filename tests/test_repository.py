@@ -8,7 +8,7 @@ import nbformat
 import pytest
 import yaml
 
-from addlib import exercises
+from addlib.course import exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_NAMES = {"torch": "pytorch"}
@@ -67,7 +67,7 @@ def test_readme_gives_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_learner_notebooks_are_in_step_with_solutions():
     stale = exercises.sync(ROOT, check=True)
-    assert not stale, f"stale: {stale}; run `python -m addlib.exercises` and commit the result"
+    assert not stale, f"stale: {stale}; run `python -m addlib.course.exercises` and commit the result"
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "solutions").glob("*.ipynb")), ids=lambda p: p.name)

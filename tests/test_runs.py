@@ -1,4 +1,4 @@
-"""What every trainer shares (addlib.runs): the schedule, the per-step generators, the EMA, the loop's bookkeeping,
+"""What every trainer shares (addlib.utils.runs): the schedule, the per-step generators, the EMA, the loop's bookkeeping,
 its checkpoints and NaN stops, and the recipe beside the model."""
 
 import dataclasses
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from addlib.runs import Run, TrainableParameters, ema_update, health_entries, lr_at, step_generator
+from addlib.utils.runs import Run, TrainableParameters, ema_update, health_entries, lr_at, step_generator
 
 
 @dataclasses.dataclass

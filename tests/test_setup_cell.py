@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from addlib import exercises
+from addlib.course import exercises
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -4,12 +4,13 @@ malformed images an honest evaluator must refuse."""
 import pytest
 import torch
 
+from addlib.bench.metrics import count_shapes
 from addlib.shapes import (
     ATTRIBUTES,
-    OMIT_PROB,
     BACKGROUNDS,
     COLORS,
     MALFORMED,
+    OMIT_PROB,
     POSITION_CENTERS,
     VOCABULARY,
     ShapesDataset,
@@ -19,7 +20,6 @@ from addlib.shapes import (
     make_shapes,
     parse_caption,
 )
-from addlib.metrics import count_shapes
 
 N = 2000  # enough for every attribute value to appear; renders in well under a second
 

@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from addlib.bench.timing import max_difference
 from addlib.datasets import image_sequence
 from addlib.loading import STUDENT_DIR, load_pipeline, load_tiny_vae
 from addlib.shapes import moving_shapes
 from addlib.stream import SimilarityFilter, StreamDiffusion, diffusers_img2img
-from addlib.timing import max_difference
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import time
 import pytest
 import torch
 
-from addlib.timing import frames_per_second, max_difference, time_frames
+from addlib.bench.timing import frames_per_second, max_difference, time_frames
 
 
 def sleeper(set_up: float, per_frame: list[float]):

@@ -13,15 +13,15 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 
 from addlib import discriminator, train_add
-from addlib.checkpoints import add_config_options, command_line, parse_run_arguments
 from addlib.discriminator import DIFFAUGMENT_POLICY
-from addlib.errors import OneLineParser
 from addlib.evaluators import TinyViT, save_evaluator
 from addlib.loading import load_pipeline
 from addlib.lora import LORA_TARGETS
 from addlib.sampling import sample
 from addlib.shapes import make_shapes
 from addlib.train_add import ADDTrainer, Config, student_pipeline, train
+from addlib.utils.checkpoints import add_config_options, command_line, parse_run_arguments
+from addlib.utils.errors import OneLineParser
 
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 
@@ -285,7 +285,7 @@ def test_held_out_accuracy_reads_the_sign_of_each_images_score(monkeypatch):
 
 
 def test_plot_health_draws_the_logged_measurements_and_refuses_a_log_without_them():
-    from addlib.plotting import plot_health
+    from addlib.course.plotting import plot_health
 
     log = [{"step": 10 * i, "hinge": 6.0 - i, "hinge_at_chance": 6.0, "held_out_accuracy": 0.5 + 0.1 * i,
             "grad_adversarial": 2.0, "grad_distillation": 1.0} for i in range(3)]

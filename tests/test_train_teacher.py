@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from addlib import train_teacher
-from addlib.runs import lr_at
-from addlib.train_teacher import Config, train
+from addlib.course import train_teacher
+from addlib.course.train_teacher import Config, train
+from addlib.utils.runs import lr_at
 
 TINY = dict(vae_steps=3, vae_batch_size=4, unet_steps=4, batch_size=4, warmup_steps=1, checkpoint_every=2)
 
@@ -46,7 +46,7 @@ def test_resume_with_another_config_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"another configuration .*'lr': \(0.0005, 0.001\)"):
         train(Config(**(TINY | {"lr": 1e-3})), tmp_path / "out", tmp_path / "run", resume=True)
     recipe = json.loads((tmp_path / "out" / "recipe.json").read_text())
-    assert recipe["config"]["unet_steps"] == 4 and recipe["command"].startswith("python -m addlib.train_teacher")
+    assert recipe["config"]["unet_steps"] == 4 and recipe["command"].startswith("python -m addlib.course.train_teacher")
     assert recipe["fp16_storage_max_abs_change_of_unet_output"] < 0.05
 
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from addlib import train_tiny_vae
+from addlib.course import train_tiny_vae
+from addlib.course.train_tiny_vae import Config, train
 from addlib.loading import load_tiny_vae
-from addlib.train_tiny_vae import Config, train
 
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 
@@ -22,5 +22,5 @@ def test_resume_repeats_an_uninterrupted_run_and_the_result_loads(straight_and_r
 
 
 def test_missing_tiny_vae_says_how_to_build_it(tmp_path):
-    with pytest.raises(OSError, match="python -m addlib.train_tiny_vae"):
+    with pytest.raises(OSError, match="python -m addlib.course.train_tiny_vae"):
         load_tiny_vae(tmp_path / "nothing", device="cpu")

@@ -18,19 +18,28 @@ One function per subcommand, in a module per kind of measurement (:mod:`~addlib.
 a list of rows (dicts with the same keys), prints it with :func:`~addlib.bench.tables.print_table`, so the tables
 in the notebooks and docs can be pasted straight from the terminal, and returns it. The course's targets are one
 table, in :mod:`~addlib.bench.tables`.
+
+The measurements the benches (and the notebooks) are made of live here too:
+
+    metrics      prompt accuracy and shapes-FID on the miniature
+    evaluation   CLIP score, FID and FD_CLIP at real scale
+    preference   the paper's user study in miniature: two-alternative choices, win rates, an automatic judge
+    timing       frames per second, and the compute bound a stream approaches
 """
 
 from __future__ import annotations
 
-from addlib.bench import discriminators, quality, real_scale, streaming
 from addlib.bench.tables import print_table
-from addlib.errors import OneLineParser
+from addlib.utils.errors import OneLineParser
 
 __all__ = ["main", "print_table"]
 
 
 def main(argv: list[str] | None = None) -> list[dict] | None:
     """Parse the command line and run the chosen benchmark; a benchmark that returns its rows passes them on."""
+    # Here, not at the top: the metrics below import this package, and need none of the benches' imports.
+    from addlib.bench import discriminators, quality, real_scale, streaming
+
     parser = OneLineParser(prog="python -m addlib.bench", description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="benchmark", required=True)
     for module in (quality, discriminators, streaming, real_scale):

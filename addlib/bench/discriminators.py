@@ -11,10 +11,10 @@ import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.bench.tables import print_table
-from addlib.errors import at_least
 from addlib.loading import STUDENT_DIR, TEACHER_DIR
-from addlib.probe import HEADS_SWEEP
+from addlib.probe import HEADS_SWEEP, Pool
 from addlib.shapes import make_shapes
+from addlib.utils.errors import at_least
 
 
 def bench_probe(args: argparse.Namespace) -> list[dict]:
@@ -25,8 +25,8 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
     from addlib.forward_process import add_noise
     from addlib.latent_discriminator import teacher_tokens, unet_blocks
     from addlib.loading import load_pipeline
-    from addlib.probe import linear_probe, pooled_tokens
     from addlib.pipeline import encode_latents, text_encoder_output
+    from addlib.probe import linear_probe, pooled_tokens
     from addlib.shapes import SEEDS, SIZES
 
     vit, teacher = load_feature_network(), load_pipeline()
@@ -61,12 +61,40 @@ def bench_probe(args: argparse.Namespace) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def one_step_pool(teacher, student_unet, num_images: int, seed: int, resolution: int = 32,
+                  batch_size: int = 256) -> Pool:
+    """``num_images`` real shapes (``seed``) and the student's one-step predictions for their captions, from pure
+    noise at t = 999 (ADD's one-step sampling), decoded with the teacher's VAE, each fake marked right or wrong
+    by the shipped evaluator (:func:`~addlib.bench.metrics.prompt_correct`), which no discriminator ever reads. The
+    pool is on the teacher's device."""
+    from addlib.bench.metrics import prompt_correct
+    from addlib.evaluators import load_attribute_classifier
+    from addlib.loading import to_model
+    from addlib.pipeline import decode_latents, denoise, encode_latents, text_encoder_output
+
+    images, captions, _ = make_shapes(num_images, seed, resolution, omit_prob=0.5)
+    generator = torch.Generator().manual_seed(seed)
+    parts = []
+    for start in range(0, num_images, batch_size):
+        batch, words = to_model(images[start:start + batch_size], teacher.vae), captions[start:start + batch_size]
+        latents = encode_latents(teacher.vae, batch, generator)
+        encoded = text_encoder_output(teacher, words)
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.full((len(batch),), len(teacher.scheduler.alphas_cumprod) - 1)
+        fake_latents = denoise(student_unet, teacher.scheduler, noise, timesteps, encoded[0])[0]
+        parts.append((batch, latents, encoded[0], encoded.pooler_output,
+                      decode_latents(teacher, fake_latents).clamp(-1, 1), fake_latents))
+    columns = [torch.cat(column) for column in zip(*parts)]
+    return Pool(*columns, prompt_correct(columns[4], captions, load_attribute_classifier()))
+
+
 def bench_heads(args: argparse.Namespace) -> list[dict]:
     """Fresh discriminators, one per setting of :data:`addlib.probe.HEADS_SWEEP` (a change from the shipped
     recipe), each trained alone to tell real shapes from the student's one-step fakes of their captions, and
     scored on held-out images (shapes seed ``held_out``): how much each discriminator can see."""
     from addlib.loading import load_pipeline
-    from addlib.probe import HEADS_SWEEP, heads_probe, one_step_pool
+    from addlib.probe import HEADS_SWEEP, heads_probe
     from addlib.shapes import SEEDS
     from addlib.train_add import Config, make_discriminator
 
@@ -111,7 +139,7 @@ def bench_health(args: argparse.Namespace) -> list[dict]:
     import json
     import statistics
 
-    from addlib.runs import health_entries
+    from addlib.utils.runs import health_entries
 
     rows = []
     for folder in args.runs:

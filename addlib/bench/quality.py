@@ -18,9 +18,9 @@ from addlib.bench.tables import (
     print_table,
     verdict,
 )
-from addlib.errors import at_least
 from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
 from addlib.shapes import ATTRIBUTES, make_shapes
+from addlib.utils.errors import at_least
 
 # Students trained like the shipped one but for one change (docs/benchmarks.md): the loss ablation of ADD's
 # Table 1d, and LADD's setting, the teacher's own images in place of real ones, with and without L_distill.
@@ -47,7 +47,7 @@ def bench_shapes(args: argparse.Namespace) -> list[dict]:
 def quality_row(images, prompts, reference, classifier) -> dict:
     """Prompt accuracy (joint, closed-world joint, then per attribute), how many images the classifier refuses
     and hold several shapes, and shapes-FID against ``reference`` real images."""
-    from addlib.metrics import prompt_accuracy, shapes_fid
+    from addlib.bench.metrics import prompt_accuracy, shapes_fid
 
     accuracy = prompt_accuracy(images, prompts, classifier)
     return {"joint acc": f"{accuracy['joint']:.3f}", "closed-world": f"{accuracy['closed-world joint']:.3f}",
@@ -187,7 +187,7 @@ def _print_add_targets(rows: list[dict], students: list[str]) -> None:
 
 def _add_evaluation_set(parser: argparse.ArgumentParser) -> None:
     """The options of :func:`evaluation_set` and of the sampling seed, shared by the quality benchmarks."""
-    from addlib.metrics import REFERENCE_SEED
+    from addlib.bench.metrics import REFERENCE_SEED
 
     parser.add_argument("--num-images", type=at_least(2), default=512, help="at least 2, for FID")
     parser.add_argument("--seed", type=int, default=1, help="the sampling seed")

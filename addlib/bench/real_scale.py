@@ -1,4 +1,4 @@
-"""ADD at real scale on the hub architectures (:mod:`addlib.rehearsal`, random weights): time and memory of each
+"""ADD at real scale on the hub architectures (:mod:`addlib.course.rehearsal`, random weights): time and memory of each
 memory option, and a trained student's CLIP score and FID against its teacher (notebook 06)."""
 
 from __future__ import annotations
@@ -8,20 +8,20 @@ from pathlib import Path
 
 import torch
 
+from addlib.bench.evaluation import CLIP_MODEL
 from addlib.bench.tables import print_table
-from addlib.errors import at_least
-from addlib.evaluation import CLIP_MODEL
-from addlib.rehearsal import MEMORY_OPTIONS
+from addlib.course.rehearsal import MEMORY_OPTIONS
+from addlib.utils.errors import at_least
 
 
 def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
-    """ADD at real scale on the rehearsal models (:mod:`addlib.rehearsal`: the hub architectures, random weights):
+    """ADD at real scale on the rehearsal models (:mod:`addlib.course.rehearsal`: the hub architectures, random weights):
     seconds per step and peak memory for each memory option, the student's one-step sampling time, and the
     one-step stream's frames per second with TAESD. Each measurement runs in a fresh process, so each peak is its
     own; the rows are timed round by round (A B C D E, A B C D E), and each row's time relative to the first is
     taken within a round, as the machine's speed drifts between rounds. Returns the training rows."""
+    from addlib.course.rehearsal import build, in_fresh_process, measure_stream, measure_training, memory_option_changes
     from addlib.discriminator import DINOV2_ID
-    from addlib.rehearsal import build, in_fresh_process, measure_stream, measure_training, memory_option_changes
 
     cuda = torch.cuda.is_available()
     teacher = args.teacher or ("stabilityai/stable-diffusion-2-1-base" if cuda else "nota-ai/bk-sdm-tiny")
@@ -61,18 +61,18 @@ def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
 
 
 def bench_quality(args: argparse.Namespace) -> list[dict]:
-    """A real-scale student against its teacher (:func:`addlib.evaluation.evaluate`): CLIP score, FD_CLIP and FID
+    """A real-scale student against its teacher (:func:`addlib.bench.evaluation.evaluate`): CLIP score, FD_CLIP and FID
     on held-out prompts, against a folder of reference images, with seconds per image. Returns the rows."""
+    from addlib.bench.evaluation import evaluate
+    from addlib.course.rehearsal import random_weights
     from addlib.datasets import image_sequence
-    from addlib.evaluation import evaluate
     from addlib.generate import read_prompts
     from addlib.loading import is_hub_id, load_pipeline
-    from addlib.rehearsal import random_weights
     from addlib.pipeline import image_size
 
     if not Path(args.clip_model).exists() and not is_hub_id(args.clip_model):  # a mistyped folder, not a hub id
         raise ValueError(f"--clip-model {args.clip_model}: no such folder, and not a hub id; give a CLIP folder "
-                         f"(python -m addlib.rehearsal builds one) or a hub id such as {CLIP_MODEL}")
+                         f"(python -m addlib.course.rehearsal builds one) or a hub id such as {CLIP_MODEL}")
     teacher, student = load_pipeline(args.teacher), load_pipeline(args.student)
     resolution = args.resolution or image_size(teacher)
     prompts = read_prompts(args.prompts)[:args.num_prompts]

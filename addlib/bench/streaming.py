@@ -15,10 +15,10 @@ from addlib.bench.tables import (
     print_table,
     verdict,
 )
-from addlib.errors import at_least
+from addlib.bench.timing import compute_bound, max_difference, time_frames
 from addlib.loading import STUDENT_DIR, TINY_VAE_DIR
 from addlib.stream import COMPILE_MODES
-from addlib.timing import compute_bound, max_difference, time_frames
+from addlib.utils.errors import at_least
 
 
 def bench_stream(args: argparse.Namespace) -> list[dict]:

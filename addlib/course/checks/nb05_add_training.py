@@ -10,7 +10,7 @@ from unittest.mock import patch
 
 import torch
 
-from addlib.checks.core import Case, Mistake, coefficient, run_checks
+from addlib.course.checks.core import Case, Mistake, coefficient, run_checks
 from addlib.forward_process import add_noise
 from addlib.schedules import make_alphas_cumprod
 
@@ -298,7 +298,7 @@ def check_train_step(fn: Callable, trainer) -> None:
 
 def _step_mistakes() -> list[tuple[str, Callable]]:
     """Each plausible wrong training step, built from the trainer's own pieces, with its hint."""
-    from addlib.runs import ema_update
+    from addlib.utils.runs import ema_update
 
     def step(trainer, step, discriminator_first=False, one_backward=False, clip=True, ema=True):
         config = trainer.config

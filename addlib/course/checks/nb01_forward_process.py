@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from addlib.checks.core import Case, Mistake, coefficient, run_checks
+from addlib.course.checks.core import Case, Mistake, coefficient, run_checks
 from addlib.forward_process import add_noise, predict_x0_and_epsilon
 from addlib.schedules import make_alphas_cumprod
 

@@ -66,7 +66,7 @@ def plot_health(runs: dict[str, list[dict]], title: str = "", smooth: int = 5):
     a batch of held-out images is small. Returns the figure."""
     figure, axes = plt.subplots(1, 3, figsize=(9, 2.4))
 
-    from addlib.runs import health_entries
+    from addlib.utils.runs import health_entries
 
     def running_mean(values: list[float]) -> list[float]:
         windows = [values[max(0, i - smooth + 1):i + 1] for i in range(len(values))]

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from addlib.checks.core import Case, CheckFailed, Mistake, run_checks
+from addlib.course.checks.core import Case, CheckFailed, Mistake, run_checks
 
 
 def check_hinge_discriminator_loss(fn: Callable) -> None:

@@ -1,7 +1,7 @@
 """Train a tiny VAE for the miniature: TAESD's recipe, an ``AutoencoderTiny`` that imitates the teacher's VAE.
 
-    python -m addlib.train_tiny_vae                  # the shipped recipe: data/tiny_vae, run folder runs/tiny_vae
-    python -m addlib.train_tiny_vae --resume         # go on from the last checkpoint after an interruption
+    python -m addlib.course.train_tiny_vae                  # the shipped recipe: data/tiny_vae, run folder runs/tiny_vae
+    python -m addlib.course.train_tiny_vae --resume         # go on from the last checkpoint after an interruption
 
 Stable Diffusion's VAE decoder is the most memory-hungry part of a step that decodes to pixels (ADD's
 discriminator and pixel-space distillation loss) and a large part of every streamed frame's time. TAESD
@@ -26,13 +26,13 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderTiny
 
-from addlib.checkpoints import parse_run_arguments
-from addlib.errors import OneLineParser, check_config, run_command
 from addlib.loading import TEACHER_DIR, TINY_VAE_DIR, load_pipeline
 from addlib.miniature import TINY_VAE_CONFIG
 from addlib.pipeline import posterior_sample
-from addlib.runs import Run, lr_at, set_lr, step_generator
 from addlib.shapes import SEEDS, make_shapes
+from addlib.utils.checkpoints import parse_run_arguments
+from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.runs import Run, lr_at, set_lr, step_generator
 
 
 @dataclass
@@ -78,12 +78,12 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         run.advance(step, config.checkpoint_every, {"loss": loss.item()} if step % 50 == 0 else None)
     run.checkpoint()
     tiny.save_pretrained(out, safe_serialization=True)
-    run.write_recipe(out, "addlib.train_tiny_vae", parameters=sum(p.numel() for p in tiny.parameters()),
+    run.write_recipe(out, "addlib.course.train_tiny_vae", parameters=sum(p.numel() for p in tiny.parameters()),
                      final_losses=[e["loss"] for e in run.state["log"][-10:]])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="python -m addlib.train_tiny_vae", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.course.train_tiny_vae", description=__doc__.split("\n\n")[0])
     train(*parse_run_arguments(parser, argv, Config, TINY_VAE_DIR, Path("runs/tiny_vae")))
 
 

@@ -1,13 +1,13 @@
 """Train the miniature Stable Diffusion teacher on the captioned-shapes world, on a CPU or a GPU.
 
-    python -m addlib.train_teacher                   # the shipped recipe: data/teacher, run folder runs/teacher
-    python -m addlib.train_teacher --resume          # go on from the last checkpoint after an interruption
-    python -m addlib.train_teacher --unet-steps 200 --out /tmp/teacher   # a quick look
+    python -m addlib.course.train_teacher                   # the shipped recipe: data/teacher, run folder runs/teacher
+    python -m addlib.course.train_teacher --resume          # go on from the last checkpoint after an interruption
+    python -m addlib.course.train_teacher --unet-steps 200 --out /tmp/teacher   # a quick look
 
 Two stages, as Stable Diffusion was built (Rombach et al., 2022, section 3):
 1. the VAE learns to compress 32x32 images to 8x8x4 latents: squared error, a perceptual distance and a tiny
    KL term. Stable Diffusion's VAE adds LPIPS, a distance between a pretrained network's features; ours is
-   the same idea in the shipped tiny ViT's features (``python -m addlib.train_evaluators`` trains it first).
+   the same idea in the shipped tiny ViT's features (``python -m addlib.course.train_evaluators`` trains it first).
    Without it small shapes come back as blobs whose outline the classifier cannot read;
 2. with the VAE frozen, the text encoder and the UNet learn to denoise latents conditioned on the caption,
    with v-prediction on a zero-terminal-SNR schedule (Salimans & Ho, 2022; Lin et al., 2024), on captions
@@ -29,15 +29,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from addlib.checkpoints import parse_run_arguments
-from addlib.errors import OneLineParser, check_config, run_command
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise, get_velocity
 from addlib.loading import TEACHER_DIR, save_pipeline
 from addlib.miniature import build_pipeline
 from addlib.pipeline import encode_latents, encode_prompts, posterior_sample
-from addlib.runs import Run, ema_update, lr_at, set_lr, step_generator
 from addlib.shapes import SEEDS, make_shapes
+from addlib.utils.checkpoints import parse_run_arguments
+from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.runs import Run, ema_update, lr_at, set_lr, step_generator
 
 
 @dataclass
@@ -164,7 +164,7 @@ def export(pipe, ema_unet, run: Run, out: Path) -> None:
     save_pipeline(pipe, out)
     pipe.to(torch.float32)
     log = run.state["log"]
-    run.write_recipe(out, "addlib.train_teacher", pipe.device, scaling_factor=run.state["scaling_factor"],
+    run.write_recipe(out, "addlib.course.train_teacher", pipe.device, scaling_factor=run.state["scaling_factor"],
                      final_losses={stage: [e["loss"] for e in log if e["stage"] == stage][-10:]
                                    for stage in ("vae", "unet")},
                      fp16_storage_max_abs_change_of_unet_output=(_probe_output(pipe) - reference).abs().max().item())
@@ -180,7 +180,7 @@ def _probe_output(pipe) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="python -m addlib.train_teacher", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.course.train_teacher", description=__doc__.split("\n\n")[0])
     train(*parse_run_arguments(parser, argv, Config, TEACHER_DIR, Path("runs/teacher")))
 
 

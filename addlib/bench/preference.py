@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from addlib.metrics import read_images
+from addlib.bench.metrics import read_images
 from addlib.shapes import labels_to_attributes, parse_caption
 
 QUESTIONS = {"prompt": "Which image follows the prompt better?", "quality": "Which image looks more real?"}
@@ -122,7 +122,7 @@ class PreferenceStudy:
         """Buttons to answer the open trials one after another; returns the ipywidgets box to display."""
         import ipywidgets as widgets
 
-        from addlib.plotting import to_png
+        from addlib.course.plotting import to_png
 
         views = [widgets.Image(format="png", width=128, height=128) for _ in range(2)]
         prompt, progress = widgets.HTML(), widgets.Label()

@@ -29,10 +29,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from addlib.errors import check_images
 from addlib.evaluators import AttributeClassifier
 from addlib.loading import model_device
 from addlib.shapes import ATTRIBUTES, SEEDS, labels_to_attributes, make_shapes, parse_caption
+from addlib.utils.errors import check_images
 
 REFERENCE_SEED = SEEDS["reference"]  # held-out real images: no training run draws from this seed
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
-from addlib.checkpoints import command_line, resume_checkpoint, save_checkpoint
+from addlib.utils.checkpoints import command_line, resume_checkpoint, save_checkpoint
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:

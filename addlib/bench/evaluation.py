@@ -28,8 +28,8 @@ import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
 from addlib.datasets import to_uint8
-from addlib.errors import check_images
 from addlib.loading import from_folder_or_hub, model_device
+from addlib.utils.errors import check_images
 
 CLIP_MODEL = "laion/CLIP-ViT-g-14-laion2B-s12B-b42K"  # the ADD paper's CLIP score model
 FID_FEATURES = 2048  # Inception-v3's pool features, FID's own
@@ -44,7 +44,7 @@ def load_clip(path: str | Path = CLIP_MODEL, device: str | torch.device = "cpu")
         return CLIPModel.from_pretrained(path), CLIPProcessor.from_pretrained(path)
 
     model, processor = from_folder_or_hub(load, path, "CLIP model", "config.json",
-                                          "build a rehearsal one with `python -m addlib.rehearsal --models "
+                                          "build a rehearsal one with `python -m addlib.course.rehearsal --models "
                                           "openai/clip-vit-base-patch32`", "the CLIP metrics are skipped")
     dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
     return model.to(device, dtype).eval().requires_grad_(False), processor

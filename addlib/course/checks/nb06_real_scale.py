@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from addlib.checks.core import Case, Mistake, run_checks
+from addlib.course.checks.core import Case, Mistake, run_checks
 
 
 def check_lora_parameter_count(fn: Callable, unet) -> None:

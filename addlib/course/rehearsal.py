@@ -8,8 +8,8 @@ have sent, less the training: the same files in the same layout (``model_index.j
 hub id takes, and a run on rehearsal folders measures what a real run costs in time and memory. Never what it
 is worth: the weights are random, and so is every image they make.
 
-    python -m addlib.rehearsal                                    # every model below, into runs/rehearsal/
-    python -m addlib.rehearsal --models nota-ai/bk-sdm-tiny facebook/dinov2-small --out /tmp/rehearsal
+    python -m addlib.course.rehearsal                                    # every model below, into runs/rehearsal/
+    python -m addlib.course.rehearsal --models nota-ai/bk-sdm-tiny facebook/dinov2-small --out /tmp/rehearsal
 
 ``data/rehearsal/<org>--<name>/`` holds each model's published config files (``data/rehearsal/SOURCES.md``
 says where each came from), ``data/rehearsal/clip-bpe/`` the byte-pair vocabulary that the CLIP tokenizers of
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from addlib.errors import OneLineParser, run_command
 from addlib.loading import DATA_DIR, quiet_diffusers, save_pipeline
+from addlib.utils.errors import OneLineParser, run_command
 
 REHEARSAL_DIR = DATA_DIR / "rehearsal"
 CLIP_BPE_DIR = REHEARSAL_DIR / "clip-bpe"
@@ -177,8 +177,8 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 
     from accelerate import Accelerator
 
+    from addlib.bench.timing import synchronize
     from addlib.sampling import sample
-    from addlib.timing import synchronize
     from addlib.train_add import ADDTrainer, Config, student_pipeline
 
     config = Config.stable_diffusion(**changes)
@@ -216,10 +216,10 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 def measure_stream(model: str, tiny_vae: str, resolution: int, num_frames: int) -> dict:
     """One-step img2img stream (t = 499) of ``model`` decoding with ``tiny_vae``: frames per second and peak
     memory, in half precision on a GPU. Run it in a fresh process too."""
+    from addlib.bench.timing import frames_per_second
     from addlib.loading import load_pipeline, load_tiny_vae
     from addlib.shapes import moving_shapes
     from addlib.stream import StreamDiffusion
-    from addlib.timing import frames_per_second
 
     cuda = torch.cuda.is_available()
     pipe = load_pipeline(model, dtype=torch.float16 if cuda else torch.float32)
@@ -249,7 +249,7 @@ def in_fresh_process(function, *args):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="python -m addlib.rehearsal", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.course.rehearsal", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS), metavar="HUB_ID",
                         help=f"which to build (default: all of {', '.join(MODELS)})")
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="the folders go to OUT/<org>--<name>")

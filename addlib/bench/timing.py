@@ -1,6 +1,6 @@
 """Timing streams and steps: frames per second, the compute bound a stream approaches, and output differences.
 
-The benchmarks (:mod:`addlib.bench`), the rehearsal's measurements (:mod:`addlib.rehearsal`) and notebook 07 time
+The benchmarks (:mod:`addlib.bench`), the rehearsal's measurements (:mod:`addlib.course.rehearsal`) and notebook 07 time
 with these, so a figure in a notebook and the same figure in docs/benchmarks.md come from one clock.
 """
 

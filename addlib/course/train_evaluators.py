@@ -1,11 +1,11 @@
 """Train the course's two evaluator networks on the captioned-shapes world, on a CPU or a GPU.
 
-    python -m addlib.train_evaluators                     # the shipped recipe: both, into data/evaluators
-    python -m addlib.train_evaluators --which vit         # only the TinyViT (data/evaluators/vit)
-    python -m addlib.train_evaluators --steps 5 --out /tmp/evaluators   # a smoke run
-    python -m addlib.train_evaluators --resume            # go on after an interruption (runs/evaluators)
+    python -m addlib.course.train_evaluators                     # the shipped recipe: both, into data/evaluators
+    python -m addlib.course.train_evaluators --which vit         # only the TinyViT (data/evaluators/vit)
+    python -m addlib.course.train_evaluators --steps 5 --out /tmp/evaluators   # a smoke run
+    python -m addlib.course.train_evaluators --resume            # go on after an interruption (runs/evaluators)
 
-The attribute classifier (the evaluator of :mod:`addlib.metrics`), then the TinyViT (the frozen feature network
+The attribute classifier (the evaluator of :mod:`addlib.bench.metrics`), then the TinyViT (the frozen feature network
 of ADD's discriminator, pretrained supervised like DeiT: Touvron et al., 2021) learn the five attributes with
 a sum of cross-entropies, one per attribute, using AdamW with a warmed-up cosine learning rate. The classifier
 then learns, in a second stage, to say "none of these": its separate ``reject`` CNN takes a binary cross-entropy
@@ -30,12 +30,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from addlib.errors import OneLineParser, check_config, run_command
-from addlib.checkpoints import add_config_options
+from addlib.bench.metrics import real_images
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
-from addlib.metrics import real_images
-from addlib.runs import Run, lr_at, set_lr, step_generator
 from addlib.shapes import ATTRIBUTES, MALFORMED, SEEDS, make_malformed, make_shapes
+from addlib.utils.checkpoints import add_config_options
+from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.runs import Run, lr_at, set_lr, step_generator
 
 NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in this order by --which both
 
@@ -163,14 +163,14 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
     model.eval()
     save_evaluator(model, out / name)
     extra = {"held_out_none_of_these": held_out_rejections(model, config.eval_images)} if name == "classifier" else {}
-    return run.write_recipe(out / name, f"addlib.train_evaluators --which {name}",
+    return run.write_recipe(out / name, f"addlib.course.train_evaluators --which {name}",
                             parameters=sum(p.numel() for p in model.parameters()),
                             held_out_accuracy=held_out_accuracy(model, config.eval_images), **extra,
                             final_losses=run.state["losses"])
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = OneLineParser(prog="python -m addlib.train_evaluators", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.course.train_evaluators", description=__doc__.split("\n\n")[0])
     add_config_options(parser, Config)
     parser.add_argument("--which", choices=[*NETWORKS, "both"], default="both", help="which network to train")
     parser.add_argument("--steps", type=int, help="train each network this many steps (overrides *-steps)")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 # What each kind of training-configuration field may hold, recognised by its name. A value outside its range
 # would not fail, it would quietly train nothing (0 steps), diverge (a decay of 2) or divide by zero.
@@ -176,7 +176,7 @@ def run_command(main):
         return main()
     except (ValueError, TypeError, OSError, RuntimeError, FloatingPointError, ImportError) as error:
         frame = traceback.extract_tb(error.__traceback__)[-1]
-        if Path(frame.filename).resolve().parent != PACKAGE_DIR or not (frame.line or "").startswith("raise "):
+        if PACKAGE_DIR not in Path(frame.filename).resolve().parents or not (frame.line or "").startswith("raise "):
             raise
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from addlib.errors import check_config
+from addlib.utils.errors import check_config
 
 
 def save_checkpoint(run_dir: Path, modules: dict, optimizers: dict, state: dict) -> None:
@@ -122,7 +122,7 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
     ``--preset NAME`` when ``presets`` (name -> field values) are given: the preset's values replace the config's
     defaults, and any option given on the command line replaces those.
 
-    Returns ``(config, out, run_dir, resume)``. The config is checked first (:func:`addlib.errors.check_config`,
+    Returns ``(config, out, run_dir, resume)``. The config is checked first (:func:`addlib.utils.errors.check_config`,
     then its own ``check()`` method if it has one), so a bad value is the error a user sees. Starting afresh in a
     run folder that holds a checkpoint is refused, so a finished or interrupted run is never overwritten by
     accident.

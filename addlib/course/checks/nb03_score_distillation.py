@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from addlib.checks.core import Case, Mistake, coefficient, run_checks
+from addlib.course.checks.core import Case, Mistake, coefficient, run_checks
 from addlib.schedules import make_alphas_cumprod
 
 

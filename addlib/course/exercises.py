@@ -8,9 +8,9 @@ outputs cleared. It also writes what depends on the repository's address, which 
 ``pyproject.toml`` (``[project.urls] Repository``): the set-up cell at the top of every notebook and the
 README's notebook table with its "Open in Colab" badges.
 
-    python -m addlib.exercises            # regenerate notebooks/, set-up cells, README table
-    python -m addlib.exercises --check    # exit 1 and say what is stale (the tests run this)
-    python -m addlib.exercises --execute solutions/01_forward_process.ipynb   # re-run a solution first
+    python -m addlib.course.exercises            # regenerate notebooks/, set-up cells, README table
+    python -m addlib.course.exercises --check    # exit 1 and say what is stale (the tests run this)
+    python -m addlib.course.exercises --execute solutions/01_forward_process.ipynb   # re-run a solution first
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-from addlib.errors import OneLineParser, run_command
+from addlib.utils.errors import OneLineParser, run_command
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]
@@ -37,7 +37,7 @@ SETUP_MARKER = "# Set-up"
 # A cell that runs longer than this on 2 cores looks hung unless it shows progress.
 SLOW_CELL_SECONDS = 10
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def repository_url(root: Path = REPO_ROOT) -> str:
@@ -240,7 +240,7 @@ def coalesce_streams(cell: nbformat.NotebookNode) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = OneLineParser(prog="python -m addlib.exercises", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m addlib.course.exercises", description=__doc__.split("\n\n")[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if anything is stale")
     parser.add_argument("--execute", nargs="*", type=Path, default=[], metavar="SOLUTION",
                         help="re-run these solution notebooks (outputs stored) before regenerating")
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         execute(path)
     stale = sync(args.root, check=args.check)
     if args.check and stale:
-        print("out of date (run `python -m addlib.exercises` and commit the result):\n  " + "\n  ".join(stale))
+        print("out of date (run `python -m addlib.course.exercises` and commit the result):\n  " + "\n  ".join(stale))
         return 1
     print("\n".join(f"wrote {p}" for p in stale) or "everything is in step")
     return 0
