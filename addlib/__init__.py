@@ -26,8 +26,9 @@ Data and models
     evaluators       the attribute classifier and TinyViT that measure the miniature and feed its discriminator
 
 The machinery, in folders of their own: nothing above imports from bench or course
-    utils            what every trainer and command shares: errors (one-line errors), runs (the run loop,
-                     NaN stops, seeds, recipe), checkpoints (safetensors checkpoints, the trainers' command lines)
+    utils            what every trainer and command shares: errors (one-line errors), commands (command lines,
+                     configurations checked as they are built), runs (the run loop, NaN stops, seeds, recipe),
+                     checkpoints (safetensors checkpoints for exact resumes)
     bench            every speed and quality table of docs/benchmarks.md: ``python -m addlib.bench ...``, the
                      course's targets in bench.tables, and what the tables are made of: metrics (prompt accuracy,
                      shapes-FID), evaluation (CLIP score, FID at real scale), preference (the user study in

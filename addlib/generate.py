@@ -33,7 +33,8 @@ from addlib.loading import DATA_DIR, load_pipeline
 from addlib.miniature import check_prompts
 from addlib.pipeline import check_image_size, image_size, vae_factor
 from addlib.sampling import sample
-from addlib.utils.errors import OneLineParser, at_least, check_integer, run_command
+from addlib.utils.commands import OneLineParser, at_least, run_command
+from addlib.utils.errors import check_integer
 from addlib.utils.runs import step_generator
 
 SETTINGS_FILE = "generation.json"

@@ -88,13 +88,12 @@ from addlib.pipeline import (
     vae_factor,
 )
 from addlib.shapes import SEEDS, make_shapes
-from addlib.utils.checkpoints import parse_run_arguments
-from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.commands import OneLineParser, TrainingConfig, parse_run_arguments, run_command
 from addlib.utils.runs import Run, TrainableParameters, check_finite, ema_update, step_generator
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
     seed: int = SEEDS["add"]  # fixes every draw: the shapes, noise, timesteps and initial heads
     teacher: str = "miniature"  # the shipped teacher (data/teacher), or a pipeline folder or hub id
     steps: int = 1000  # one-step quality peaked near 1,000 on the miniature and then drifted (docs/benchmarks.md)
@@ -172,7 +171,7 @@ class Config:
 
     def ignored(self) -> dict[str, str]:
         """The fields this configuration never reads, each with the reason: a command line that sets one is
-        refused (:func:`addlib.utils.checkpoints.parse_run_arguments`), rather than train as if it had been read."""
+        refused (:func:`addlib.utils.commands.parse_run_arguments`), rather than train as if it had been read."""
         why, heads = {}, self.discriminator.split("+")
         if "ladd" not in heads:
             why |= dict.fromkeys(("ladd_layers", "ladd_t_mean", "ladd_t_std"),
@@ -189,9 +188,8 @@ class Config:
         return why
 
     def check(self) -> None:
-        """Refuse, in one line, a configuration no run can use: :func:`addlib.utils.errors.check_config`, then ADD's
-        own rules."""
-        check_config(self)
+        """ADD's own rules, beyond each field's range (:class:`~addlib.utils.commands.TrainingConfig`): refused in one
+        line as the configuration is built."""
         self.timesteps()
         if self.teacher_guidance_scale < 1:
             raise ValueError(f"teacher_guidance_scale must be at least 1 (1 = no guidance), got "
@@ -251,7 +249,6 @@ class ADDTrainer:
     """The models, optimisers and one training step; :func:`train` adds the loop, checkpoints and export."""
 
     def __init__(self, config: Config, accelerator: Accelerator):
-        config.check()
         self.config, self.accelerator = config, accelerator
         self.check_finite = check_finite  # train() gives it its Run's, which names the last good checkpoint
         device = accelerator.device

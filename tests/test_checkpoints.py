@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-from addlib.utils.checkpoints import add_config_options, field_comments
+from addlib.utils.commands import add_config_options, field_comments
 
 
 @dataclasses.dataclass

@@ -9,7 +9,8 @@ import torch
 from addlib import bench, train_add
 from addlib.course import exercises, rehearsal, train_evaluators, train_teacher, train_tiny_vae
 from addlib.train_add import Config
-from addlib.utils.errors import check_config, check_images, resolve_device, run_command
+from addlib.utils.commands import check_config, run_command
+from addlib.utils.errors import check_images, resolve_device
 
 
 @pytest.mark.parametrize("change, message", [

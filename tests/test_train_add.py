@@ -20,8 +20,7 @@ from addlib.lora import LORA_TARGETS
 from addlib.sampling import sample
 from addlib.shapes import make_shapes
 from addlib.train_add import ADDTrainer, Config, student_pipeline, train
-from addlib.utils.checkpoints import add_config_options, command_line, parse_run_arguments
-from addlib.utils.errors import OneLineParser
+from addlib.utils.commands import OneLineParser, add_config_options, command_line, parse_run_arguments
 
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 

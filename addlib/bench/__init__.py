@@ -30,7 +30,7 @@ The measurements the benches (and the notebooks) are made of live here too:
 from __future__ import annotations
 
 from addlib.bench.tables import print_table
-from addlib.utils.errors import OneLineParser
+from addlib.utils.commands import OneLineParser
 
 __all__ = ["main", "print_table"]
 

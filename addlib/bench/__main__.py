@@ -1,4 +1,4 @@
 from addlib.bench import main
-from addlib.utils.errors import run_command
+from addlib.utils.commands import run_command
 
 run_command(main)

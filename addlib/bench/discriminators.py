@@ -14,7 +14,7 @@ from addlib.bench.tables import print_table
 from addlib.loading import STUDENT_DIR, TEACHER_DIR
 from addlib.probe import HEADS_SWEEP, Pool
 from addlib.shapes import make_shapes
-from addlib.utils.errors import at_least
+from addlib.utils.commands import at_least
 
 
 def bench_probe(args: argparse.Namespace) -> list[dict]:
@@ -109,7 +109,6 @@ def bench_heads(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name in tqdm(args.settings, desc="discriminators"):
         config = Config(**HEADS_SWEEP[name])
-        config.check()
         torch.manual_seed(args.seed)  # the heads' initial weights
         discriminator = make_discriminator(config, teacher)
         optimizer = torch.optim.Adam(discriminator.heads.parameters(), lr=config.discriminator_lr,

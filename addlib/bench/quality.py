@@ -20,7 +20,7 @@ from addlib.bench.tables import (
 )
 from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
 from addlib.shapes import ATTRIBUTES, make_shapes
-from addlib.utils.errors import at_least
+from addlib.utils.commands import at_least
 
 # Students trained like the shipped one but for one change (docs/benchmarks.md): the loss ablation of ADD's
 # Table 1d, and LADD's setting, the teacher's own images in place of real ones, with and without L_distill.

@@ -11,7 +11,7 @@ import torch
 from addlib.bench.evaluation import CLIP_MODEL
 from addlib.bench.tables import print_table
 from addlib.course.rehearsal import MEMORY_OPTIONS
-from addlib.utils.errors import at_least
+from addlib.utils.commands import at_least
 
 
 def bench_rehearsal(args: argparse.Namespace) -> list[dict]:

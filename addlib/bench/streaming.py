@@ -18,7 +18,7 @@ from addlib.bench.tables import (
 from addlib.bench.timing import compute_bound, max_difference, time_frames
 from addlib.loading import STUDENT_DIR, TINY_VAE_DIR
 from addlib.stream import COMPILE_MODES
-from addlib.utils.errors import at_least
+from addlib.utils.commands import at_least
 
 
 def bench_stream(args: argparse.Namespace) -> list[dict]:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import nbformat
 
-from addlib.utils.errors import OneLineParser, run_command
+from addlib.utils.commands import OneLineParser, run_command
 
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"
 CODE_STUB = ["# YOUR CODE HERE", "raise NotImplementedError()"]

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from addlib.loading import DATA_DIR, quiet_diffusers, save_pipeline
-from addlib.utils.errors import OneLineParser, run_command
+from addlib.utils.commands import OneLineParser, run_command
 
 REHEARSAL_DIR = DATA_DIR / "rehearsal"
 CLIP_BPE_DIR = REHEARSAL_DIR / "clip-bpe"

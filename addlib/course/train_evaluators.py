@@ -33,15 +33,14 @@ import torch.nn.functional as F
 from addlib.bench.metrics import real_images
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
 from addlib.shapes import ATTRIBUTES, MALFORMED, SEEDS, make_malformed, make_shapes
-from addlib.utils.checkpoints import add_config_options
-from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.commands import OneLineParser, TrainingConfig, add_config_options, run_command
 from addlib.utils.runs import Run, lr_at, set_lr, step_generator
 
 NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in this order by --which both
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
     seed: int = SEEDS["evaluators"]  # fixes every draw: shapes, augmentations, initial weights
     batch_size: int = 128  # images per step
     # Sized for 2 CPU cores: ~0.07 s per classifier step (~2.5 min) and ~0.26 s per ViT step (~6 min).
@@ -127,7 +126,6 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
 
     Checkpoints go to ``run_dir / name``; with ``resume`` the run goes on from there exactly as if uninterrupted.
     """
-    check_config(config)
     torch.manual_seed(config.seed)  # the initial weights
     model = NETWORKS[name]()
     # (first step, steps, peak lr) of each stage. One AdamW serves both of the classifier's: a parameter without a
@@ -182,9 +180,8 @@ def main(argv: list[str] | None = None) -> None:
     run_dir, resume = args.pop("run_dir"), args.pop("resume")
     if steps is not None:
         args |= {"classifier_steps": steps, "reject_steps": steps, "vit_steps": steps}
-    config = Config(**args)
     try:
-        check_config(config)
+        config = Config(**args)  # checked as it is built
     except ValueError as error:
         parser.error(str(error))
     names = list(NETWORKS) if which == "both" else [which]

@@ -35,13 +35,12 @@ from addlib.loading import TEACHER_DIR, save_pipeline
 from addlib.miniature import build_pipeline
 from addlib.pipeline import encode_latents, encode_prompts, posterior_sample
 from addlib.shapes import SEEDS, make_shapes
-from addlib.utils.checkpoints import parse_run_arguments
-from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.commands import OneLineParser, TrainingConfig, parse_run_arguments, run_command
 from addlib.utils.runs import Run, ema_update, lr_at, set_lr, step_generator
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
     seed: int = SEEDS["teacher"]  # fixes every draw: shapes, noise, timesteps, initial weights
     resolution: int = 32  # of the images, in pixels (the VAE's latents are 4x smaller)
     # stage 1: the VAE
@@ -106,7 +105,6 @@ def latent_scaling_factor(vae, resolution: int, seed: int) -> float:
 
 
 def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
-    check_config(config)
     pipe = build_pipeline(config.seed)
     ema_unet = copy.deepcopy(pipe.unet).requires_grad_(False)
     vae_opt = torch.optim.AdamW(pipe.vae.parameters(), lr=config.vae_lr)

@@ -30,13 +30,12 @@ from addlib.loading import TEACHER_DIR, TINY_VAE_DIR, load_pipeline
 from addlib.miniature import TINY_VAE_CONFIG
 from addlib.pipeline import posterior_sample
 from addlib.shapes import SEEDS, make_shapes
-from addlib.utils.checkpoints import parse_run_arguments
-from addlib.utils.errors import OneLineParser, check_config, run_command
+from addlib.utils.commands import OneLineParser, TrainingConfig, parse_run_arguments, run_command
 from addlib.utils.runs import Run, lr_at, set_lr, step_generator
 
 
 @dataclass
-class Config:
+class Config(TrainingConfig):
     seed: int = SEEDS["tiny_vae"]  # fixes every draw: shapes, latents, noise, initial weights
     steps: int = 2000  # training steps
     batch_size: int = 32  # images per step
@@ -61,7 +60,6 @@ def tiny_vae_loss(tiny: AutoencoderTiny, vae, images: torch.Tensor, generator: t
 
 
 def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
-    check_config(config)
     vae = load_pipeline(TEACHER_DIR, device="cpu").vae.requires_grad_(False)
     torch.manual_seed(config.seed)
     tiny = AutoencoderTiny(**TINY_VAE_CONFIG)

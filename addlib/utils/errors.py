@@ -1,62 +1,15 @@
-"""One-line errors: the checks every entry point shares, and the command-line wrapper that prints them.
+"""One-line errors: the checks of the values every entry point takes in.
 
 A learner's mistake (a step count of 0, images in 0-255, a CUDA device on a laptop) gets one sentence that names
-the value and says what to do, raised where the value comes in, before any work is done. The ``python -m
-addlib.*`` commands print such an error as one line and exit with status 2, as argparse does for a bad option;
-anything else that goes wrong inside the library is a bug, and keeps its traceback.
+the value and says what to do, raised where the value comes in, before any work is done. A command prints it as
+one line (:func:`addlib.utils.commands.run_command`).
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import math
-import sys
-import traceback
-from pathlib import Path
 
 import torch
-
-PACKAGE_DIR = Path(__file__).resolve().parents[1]
-
-# What each kind of training-configuration field may hold, recognised by its name. A value outside its range
-# would not fail, it would quietly train nothing (0 steps), diverge (a decay of 2) or divide by zero.
-_RANGES = (
-    (lambda name: name == "warmup_steps", "at least 0", lambda v: v >= 0),
-    (lambda name: name.endswith(("steps", "batch_size", "checkpoint_every", "resolution", "images", "prompts",
-                                 "width")),
-     "at least 1", lambda v: v >= 1),
-    (lambda name: name.endswith("lr") or name == "grad_clip", "above 0", lambda v: v > 0),
-    (lambda name: name.endswith("_prob"), "in [0, 1]", lambda v: 0 <= v <= 1),
-    (lambda name: name in ("ema_decay", "adam_beta1", "adam_beta2"), "in [0, 1)", lambda v: 0 <= v < 1),
-    (lambda name: name.endswith(("weight", "noise", "std", "jitter")), "at least 0", lambda v: v >= 0),
-)
-
-
-def check_config(config) -> None:
-    """Refuse a training configuration field of the wrong type or outside the range its kind allows.
-
-    Every trainer's ``Config`` is a dataclass: an ``int`` field must hold an integer, a ``float`` field a number,
-    and each numeric field the range its name implies (steps and batch sizes at least 1, learning rates above 0,
-    probabilities in [0, 1], decays and Adam's betas in [0, 1), loss weights at least 0).
-    """
-    for field in dataclasses.fields(config):
-        name, value, default = field.name, getattr(config, field.name), field.default
-        option = f"{name} (--{name.replace('_', '-')})"
-        if isinstance(default, bool) or isinstance(default, str):
-            if type(value) is not type(default):
-                raise ValueError(f"{option} must be a {type(default).__name__}, got {value!r}")
-            continue
-        integer = isinstance(default, int)
-        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
-            raise ValueError(f"{option} must be {'an integer' if integer else 'a number'}, got {value!r}")
-        if not math.isfinite(value):
-            raise ValueError(f"{option} is {value}; give a finite number")
-        for applies, allowed, holds in _RANGES:
-            if applies(name):
-                if not holds(value):
-                    raise ValueError(f"{option} must be {allowed}, got {value}")
-                break
 
 
 def check_integer(name: str, value, lowest: int) -> None:
@@ -143,40 +96,3 @@ def check_dtype_runs(dtype: torch.dtype, device: torch.device) -> None:
     except (RuntimeError, TypeError) as error:
         raise ValueError(f"{dtype} convolutions do not run on {device} with torch {torch.__version__} "
                          f"({str(error).splitlines()[0]}); use dtype=torch.float32 here, or another device") from None
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse's parser, whose errors are one line: the usage it would print first is one ``--help`` away."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def at_least(lowest: int):
-    """An argparse ``type`` for an integer option of at least ``lowest``."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or value < lowest:
-            raise argparse.ArgumentTypeError(f"must be an integer of at least {lowest}, got {text!r}")
-        return value
-    return parse
-
-
-def run_command(main):
-    """Run a command's ``main()`` and return what it returns; an error the library raised on purpose prints as
-    one line, status 2.
-
-    "On purpose" means by a ``raise`` statement of ``addlib`` itself (the last frame of the traceback); an error
-    from deeper down, or one Python raised on a line of the library, is a bug, and keeps its traceback.
-    """
-    try:
-        return main()
-    except (ValueError, TypeError, OSError, RuntimeError, FloatingPointError, ImportError) as error:
-        frame = traceback.extract_tb(error.__traceback__)[-1]
-        if PACKAGE_DIR not in Path(frame.filename).resolve().parents or not (frame.line or "").startswith("raise "):
-            raise
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
 
-from addlib.utils.checkpoints import command_line, resume_checkpoint, save_checkpoint
+from addlib.utils.checkpoints import resume_checkpoint, save_checkpoint
+from addlib.utils.commands import command_line
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
