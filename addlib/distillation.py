@@ -39,8 +39,10 @@ WEIGHTINGS = ("exponential", "sds", "nfsd")
 NFSD_SWITCH_TIMESTEP = 200  # NFSD (Katzir et al., 2023, eq. 9): below it eps(empty) is nearly noise-free
 
 
-def distillation_weight(weighting: str, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
-    """c(t) for each of ``timesteps`` (B,), float64 (B,). SDS and NFSD share c(t) = alpha_t * sigma_t / 2."""
+def weighting_function(weighting: str, timesteps: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """The weighting function c(t) of eq. 5 for each of ``timesteps`` (B,), float64 (B,): ``weighting``'s, which
+    is not lambda, the weight of the whole distillation loss (``Config.distillation_weight``). SDS and NFSD share
+    c(t) = alpha_t * sigma_t / 2."""
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
     alpha_bar = per_sample(alphas_cumprod, timesteps, timesteps.double())  # in float64: no float32 rounding
@@ -140,7 +142,7 @@ def distillation_loss(
         timesteps = sample_teacher_timesteps(batch, generator)  # on the CPU, where the schedule is read
     if noise is None:
         noise = torch.randn(student_latents.shape, generator=generator).to(student_latents)
-    weight = distillation_weight(weighting, timesteps, teacher.scheduler.alphas_cumprod).to(student_latents)
+    weight = weighting_function(weighting, timesteps, teacher.scheduler.alphas_cumprod).to(student_latents)
     target = teacher_target(teacher, student_latents, prompt_embeds, timesteps, noise, weighting,
                             guidance_scale, uncond_embeds, negative_embeds)
     x = student_latents

@@ -89,7 +89,7 @@ from addlib.pipeline import (
 )
 from addlib.shapes import SEEDS, make_shapes
 from addlib.utils.commands import OneLineParser, TrainingConfig, parse_run_arguments, run_command
-from addlib.utils.runs import Run, TrainableParameters, check_finite, ema_update, step_generator
+from addlib.utils.runs import Run, TrainableParameters, check_loss, ema_update, step_generator
 
 
 @dataclass
@@ -250,7 +250,7 @@ class ADDTrainer:
 
     def __init__(self, config: Config, accelerator: Accelerator):
         self.config, self.accelerator = config, accelerator
-        self.check_finite = check_finite  # train() gives it its Run's, which names the last good checkpoint
+        self.check_loss = check_loss  # train() gives it its Run's, which names the last good checkpoint
         device = accelerator.device
         self.teacher = load_pipeline(config.teacher, device=device)
         for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
@@ -353,7 +353,7 @@ class ADDTrainer:
         self.discriminator.heads.requires_grad_(False)
         with accelerator.autocast():
             loss, (adversarial, distill), x_theta, fake = self.generator_loss(**inputs)
-        self.check_finite(loss, "student", step, fix="lower the learning rates")
+        self.check_loss(loss, "student", step, fix="lower the learning rates")
         norms = gradient_norms({"adversarial": config.adversarial_weight * adversarial,
                                 "distillation": config.distillation_weight * distill},
                                list(self.trainable.parameters())) if measure else {}
@@ -370,7 +370,7 @@ class ADDTrainer:
             with accelerator.autocast(), self.teacher_without_adapters():
                 d_loss, stats = self.discriminator.loss(real, fake, config.r1_weight, generator,
                                                         **inputs["condition"])
-            self.check_finite(d_loss, "discriminator", step, fix="lower the learning rates")
+            self.check_loss(d_loss, "discriminator", step, fix="lower the learning rates")
             self.discriminator_optimizer.zero_grad(set_to_none=True)
             accelerator.backward(d_loss)
             for p in self.discriminator.heads.parameters():
@@ -463,7 +463,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     trainer = ADDTrainer(config, accelerator)
     run = Run(run_dir, trainer.modules(), trainer.optimizers(), config, resume, save=accelerator.is_main_process,
               step=0)
-    trainer.check_finite = run.check_finite
+    trainer.check_loss = run.check_loss
 
     def checkpoint() -> None:
         run.state["replica_max_difference"] = trainer.replica_difference()

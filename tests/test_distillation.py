@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from addlib.distillation import distillation_loss, distillation_weight, sample_teacher_timesteps, teacher_target
+from addlib.distillation import distillation_loss, sample_teacher_timesteps, teacher_target, weighting_function
 from addlib.miniature import build_pipeline
 from addlib.pipeline import encode_prompts
 
@@ -109,13 +109,13 @@ def test_nfsd_gradient_drops_the_injected_noise(teacher, inputs):
 def test_weightings(teacher):
     alphas_cumprod = teacher.scheduler.alphas_cumprod
     t = torch.arange(1000)
-    exponential = distillation_weight("exponential", t, alphas_cumprod)
-    sds = distillation_weight("sds", t, alphas_cumprod)
+    exponential = weighting_function("exponential", t, alphas_cumprod)
+    sds = weighting_function("sds", t, alphas_cumprod)
     abar = alphas_cumprod.double()
     torch.testing.assert_close(exponential, abar.sqrt())
     torch.testing.assert_close(sds, abar.sqrt() * (1 - abar).sqrt() / 2)
     assert exponential[999] == 0 and sds[999] == 0  # zero terminal SNR: no signal, no weight
-    torch.testing.assert_close(distillation_weight("nfsd", t, alphas_cumprod), sds)
+    torch.testing.assert_close(weighting_function("nfsd", t, alphas_cumprod), sds)
 
 
 def test_timesteps_are_seeded_and_avoid_the_terminal_step():

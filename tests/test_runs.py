@@ -53,7 +53,7 @@ def run_steps(run_dir, steps, checkpoint_every=2, nan_at=None, resume=False):
     run = Run(run_dir, {"model": torch.nn.ParameterList([weight])}, {"sgd": optimizer}, Tiny(), resume, step=0)
     for step in run.steps("step", steps, "tiny"):
         loss = (weight - 3).square().sum() * (float("nan") if step == nan_at else 1)
-        run.check_finite(loss, "tiny", step)
+        run.check_loss(loss, "tiny", step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

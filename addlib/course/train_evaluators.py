@@ -149,7 +149,7 @@ def train(name: str, config: Config, out: Path, run_dir: Path, resume: bool = Fa
         else:
             images, _, labels = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
             loss = attribute_loss(model(augment(images, generator, config)), labels)
-        run.check_finite(loss, name, step, fix=f"lower --{'reject' if rejecting else name}-lr")
+        run.check_loss(loss, name, step, fix=f"lower --{'reject' if rejecting else name}-lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -69,7 +69,7 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
         images, _, _ = make_shapes(config.batch_size, config.seed, start=step * config.batch_size)
         set_lr(optimizer, lr_at(step, config.steps, config.lr, config.warmup_steps))
         loss = tiny_vae_loss(tiny, vae, images, step_generator(config.seed, step, stage=4), config)
-        run.check_finite(loss, "tiny VAE", step, fix="lower --lr")
+        run.check_loss(loss, "tiny VAE", step, fix="lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

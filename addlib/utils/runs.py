@@ -7,7 +7,7 @@ configuration, its step and its loop, and nothing else:
     run = Run(run_dir, modules, optimizers, config, resume, step=0)
     for step in run.steps("step", config.steps, "ADD"):
         loss = ...
-        run.check_finite(loss, "student", step)
+        run.check_loss(loss, "student", step)
         ...
         run.advance(step, config.checkpoint_every, {"loss": loss.item()} if step % 50 == 0 else None)
     run.checkpoint()
@@ -63,7 +63,7 @@ def device_name(device: str | torch.device = "cpu") -> str:
     return str(device) if device.type != "cpu" else f"cpu ({torch.get_num_threads()} threads)"
 
 
-def check_finite(loss: torch.Tensor, what: str, step: int, where: str = "the last good checkpoint is kept",
+def check_loss(loss: torch.Tensor, what: str, step: int, where: str = "the last good checkpoint is kept",
                  fix: str = "lower the learning rate") -> None:
     """Stop at the first loss that is NaN or infinite, saying where the last good checkpoint is."""
     if not torch.isfinite(loss):
@@ -144,10 +144,10 @@ class Run:
             save_checkpoint(self.run_dir, self.modules, self.optimizers, self.state)
         self.last_saved = self.state[self.counter]
 
-    def check_finite(self, loss: torch.Tensor, what: str, step: int, fix: str = "lower the learning rate") -> None:
+    def check_loss(self, loss: torch.Tensor, what: str, step: int, fix: str = "lower the learning rate") -> None:
         if not torch.isfinite(loss):
             saved = (self.run_dir / "checkpoint.json").exists()
-            check_finite(loss, what, step, f"the last good checkpoint (step {self.last_saved}) is in {self.run_dir}"
+            check_loss(loss, what, step, f"the last good checkpoint (step {self.last_saved}) is in {self.run_dir}"
                          if saved else "no checkpoint was saved yet", fix)
 
     def write_recipe(self, out: Path, module: str, device: str | torch.device = "cpu", **extra) -> dict:

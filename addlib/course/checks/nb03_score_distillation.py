@@ -89,7 +89,7 @@ def check_distillation_loss(fn: Callable, teacher) -> None:
 
 def check_sds_weight(fn: Callable) -> None:
     """Check ``fn(timesteps, alphas_cumprod)`` is c(t) = alpha_t / (2 sigma_t) * w(t) with w(t) = sigma_t^2."""
-    from addlib.distillation import distillation_weight
+    from addlib.distillation import weighting_function
 
     zero_snr = make_alphas_cumprod("scaled_linear", rescale_betas_zero_snr=True)
     cases = [Case(f"timesteps {t}, {name}", (torch.tensor(t), a))
@@ -98,7 +98,7 @@ def check_sds_weight(fn: Callable) -> None:
     alpha = lambda t, a: a[t].double().sqrt()
     sigma = lambda t, a: (1 - a[t].double()).sqrt()
     run_checks(
-        "sds_weight", fn, lambda t, a: distillation_weight("sds", t, a), cases,
+        "sds_weight", fn, lambda t, a: weighting_function("sds", t, a), cases,
         mistakes=[
             Mistake("that is alpha_t / (2 sigma_t) alone: multiply by DreamFusion's w(t) = sigma_t^2.",
                     lambda t, a: alpha(t, a) / (2 * sigma(t, a))),
