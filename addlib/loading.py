@@ -16,22 +16,19 @@ import os
 import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from diffusers import AutoencoderTiny
+from diffusers.utils import logging as diffusers_logging
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from transformers.utils import logging as transformers_logging
 
-# Without torchvision, transformers 5 warns once, as diffusers' pipelines import it, that CLIPImageProcessor
-# falls back to its PIL version. No pipeline here uses an image processor: keep that notice out of notebooks.
-_verbosity = transformers_logging.get_verbosity()
-transformers_logging.set_verbosity_error()
-from diffusers import AutoencoderTiny, StableDiffusionPipeline  # noqa: E402
-from diffusers.utils import logging as diffusers_logging  # noqa: E402
+from addlib.utils.errors import check_dtype_runs, resolve_device
 
-transformers_logging.set_verbosity(_verbosity)
-
-from addlib.utils.errors import check_dtype_runs, resolve_device  # noqa: E402
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 TEACHER_DIR = DATA_DIR / "teacher"  # the miniature teacher, python -m addlib.course.train_teacher
@@ -43,6 +40,21 @@ REBUILD = {TEACHER_DIR: "python -m addlib.course.train_teacher",
            STUDENT_DIR: "python -m addlib.train_add --discriminator add+ladd",
            LADD_STUDENT_DIR: f"python -m addlib.train_add --discriminator ladd --out {LADD_STUDENT_DIR}",
            TINY_VAE_DIR: "python -m addlib.course.train_tiny_vae"}
+
+def pipeline_class(name: str = "StableDiffusionPipeline") -> type:
+    """diffusers' pipeline class ``name``, imported with transformers quiet. Without torchvision, transformers 5
+    warns once, as diffusers' pipelines first import, that CLIPImageProcessor falls back to its PIL version; no
+    pipeline here uses an image processor, so the notice would only clutter a notebook. Imported when first
+    needed, not when addlib is: importing the library changes no library's settings, in whatever order."""
+    import diffusers
+
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        return getattr(diffusers, name)  # diffusers imports its pipelines lazily, here
+    finally:
+        transformers_logging.set_verbosity(verbosity)
+
 
 def is_hub_id(path: str | Path) -> bool:
     """Whether ``path`` could name a hub repository, by huggingface_hub's own rule ("name" or "namespace/name")."""
@@ -137,8 +149,8 @@ def load_pipeline(path: str | Path = TEACHER_DIR, device: str | torch.device | N
         with warnings.catch_warnings(), quiet_diffusers():
             # diffusers >= 0.36 renamed torch_dtype to dtype; the old name still works and older releases need it.
             warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return StableDiffusionPipeline.from_pretrained(path, torch_dtype=dtype, use_safetensors=True,
-                                                           safety_checker=None, requires_safety_checker=False)
+            return pipeline_class().from_pretrained(path, torch_dtype=dtype, use_safetensors=True,
+                                                    safety_checker=None, requires_safety_checker=False)
 
     pipe = from_folder_or_hub(load, path, "diffusers pipeline", "model_index.json",
                               "save one with addlib.loading.save_pipeline",

@@ -20,20 +20,17 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from addlib.loading import write_bpe_files  # first: it quiets a notice transformers gives as diffusers imports
-
-from diffusers import (  # noqa: E402  isort: skip
-    AutoencoderKL,
-    DDIMScheduler,
-    StableDiffusionPipeline,
-    UNet2DConditionModel,
-)
-
+from addlib.loading import pipeline_class, write_bpe_files
 from addlib.shapes import VOCABULARY, parse_caption
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
 
 MAX_PROMPT_TOKENS = 16  # the longest caption is 12 words; with start and end tokens, 14
 
@@ -142,7 +139,7 @@ def build_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         pad_token_id=tokenizer.pad_token_id,
         **TEXT_ENCODER_CONFIG,
     )
-    return StableDiffusionPipeline(
+    return pipeline_class()(
         vae=AutoencoderKL(**VAE_CONFIG),
         text_encoder=CLIPTextModel(text_config),
         tokenizer=tokenizer,

@@ -32,7 +32,7 @@ import math
 import torch
 
 from addlib.forward_process import predict_x0_and_epsilon
-from addlib.loading import quiet_diffusers
+from addlib.loading import pipeline_class, quiet_diffusers
 from addlib.pipeline import check_image_size, encode_prompts, image_size, vae_factor
 from addlib.sampling import classifier_free_guidance, ddim_timesteps, guidance_batch
 from addlib.utils.errors import check_images, check_integer
@@ -359,11 +359,11 @@ def diffusers_img2img(pipe, prompt: str, timesteps, seed: int = 0):
     The pipeline shares ``pipe``'s modules, steps with ``LCMScheduler`` (x0 noised afresh: ADD's sampler) through
     ``timesteps`` and draws from a generator seeded with ``seed`` at every frame, so it computes what
     ``StreamDiffusion(pipe, ..., seed=seed)`` computes with the same timesteps, no guidance and no filter."""
-    from diffusers import LCMScheduler, StableDiffusionImg2ImgPipeline
+    from diffusers import LCMScheduler
 
     components = {**pipe.components, "scheduler": LCMScheduler.from_config(pipe.scheduler.config)}
     with quiet_diffusers():
-        img2img = StableDiffusionImg2ImgPipeline(**components, requires_safety_checker=False)
+        img2img = pipeline_class("StableDiffusionImg2ImgPipeline")(**components, requires_safety_checker=False)
     img2img.set_progress_bar_config(disable=True)
     timesteps = [int(t) for t in timesteps]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from addlib.loading import DATA_DIR, quiet_diffusers, save_pipeline
+from addlib.loading import DATA_DIR, pipeline_class, quiet_diffusers, save_pipeline
 from addlib.utils.commands import OneLineParser, run_command
 
 REHEARSAL_DIR = DATA_DIR / "rehearsal"
@@ -71,14 +71,14 @@ def _clip_tokenizer(source: Path):
 def build_pipeline(source: Path, dtype: torch.dtype = torch.float16):
     """A ``StableDiffusionPipeline`` with the architecture of ``source``'s configs and random weights."""
     import diffusers
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     def config(part: str) -> dict:
         return json.loads((source / part / "config.json").read_text())
 
     scheduler_class = getattr(diffusers, json.loads((source / "model_index.json").read_text())["scheduler"][1])
-    pipe = StableDiffusionPipeline(
+    pipe = pipeline_class()(
         vae=AutoencoderKL.from_config(config("vae")),
         text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(source / "text_encoder")),
         tokenizer=_clip_tokenizer(source),
