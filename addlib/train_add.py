@@ -246,29 +246,27 @@ DISCRIMINATORS = ("add", "ladd", "add+ladd")
 
 
 class ADDTrainer:
-    """The models, optimisers and one training step; :func:`train` adds the loop, checkpoints and export."""
+    """ADD's models, optimisers and one training step, built from its parts: the ``teacher`` pipeline (frozen
+    here), the ``discriminator``, the training ``dataset`` (None: the shapes world) and the ``decoder`` of the
+    student's latents (None: the teacher's VAE). :meth:`from_config` builds the parts a configuration names;
+    :func:`train` adds the loop, checkpoints and export."""
 
-    def __init__(self, config: Config, accelerator: Accelerator):
-        self.config, self.accelerator = config, accelerator
-        self.check_loss = check_loss  # train() gives it its Run's, which names the last good checkpoint
-        device = accelerator.device
-        self.teacher = load_pipeline(config.teacher, device=device)
-        for part in (self.teacher.unet, self.teacher.vae, self.teacher.text_encoder):
+    def __init__(self, config: Config, teacher, discriminator: Discriminator, accelerator: Accelerator | None = None,
+                 dataset=None, decoder=None):
+        self.config, self.teacher, self.dataset = config, teacher, dataset
+        self.accelerator = accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        for part in (teacher.unet, teacher.vae, teacher.text_encoder):
             part.requires_grad_(False)
-        check_image_size("resolution", config.resolution, vae_factor(self.teacher.vae))
-        self.dataset = None if config.dataset == "shapes" else open_dataset(
-            self.generated_data() if config.dataset == "teacher" else config.dataset, config.resolution,
-            self.teacher.tokenizer, config.image_column, config.caption_column)
-        torch.manual_seed(config.seed)  # the discriminator heads' and LoRA's initial weights
-        self.student = make_student(self.teacher.unet, config)
+        check_image_size("resolution", config.resolution, vae_factor(teacher.vae))
+        self.decoder = decoder or teacher.vae
+        self.check_loss = check_loss  # train() gives it its Run's, which names the last good checkpoint
+        torch.manual_seed(config.seed)  # a LoRA's initial weights
+        self.student = make_student(teacher.unet, config)
         self.trainable = TrainableParameters(self.student)
         self.ema = TrainableParameters(self.student, copy=True)
-        self.decoder = self.teacher.vae
-        if config.tiny_vae:
-            self.decoder = load_tiny_vae(config.tiny_vae, device)
         # Not handed to accelerate.prepare: DDP would hide the methods R1 needs, and the heads' gradients
         # are averaged across processes by hand (see step).
-        self.discriminator = make_discriminator(config, self.teacher).to(device)
+        self.discriminator = discriminator.to(accelerator.device)
         betas = (config.adam_beta1, config.adam_beta2)
         self.student_optimizer = torch.optim.Adam(self.trainable.parameters(), lr=config.lr, betas=betas)
         self.discriminator_optimizer = torch.optim.Adam(self.discriminator.heads.parameters(),
@@ -277,28 +275,30 @@ class ADDTrainer:
             self.student, self.student_optimizer, self.discriminator_optimizer)
         self.student_timesteps = torch.tensor(config.timesteps())
         with torch.no_grad():
-            self.empty = encode_prompts(self.teacher, [""])
+            self.empty = encode_prompts(teacher, [""])
         self.held_out = None  # health()'s fixed batch, made when first asked for
+
+    @classmethod
+    def from_config(cls, config: Config, accelerator: Accelerator | None = None) -> ADDTrainer:
+        """The trainer ``config`` describes: its teacher loaded, its training data opened (with ``dataset
+        "teacher"``, generated first: :func:`generated_data`), its discriminator's heads drawn from ``config.seed``
+        (:func:`make_discriminator`) and its tiny VAE, if any, loaded; all on ``accelerator``'s device."""
+        accelerator = accelerator or Accelerator(mixed_precision=config.mixed_precision)
+        teacher = load_pipeline(config.teacher, device=accelerator.device)
+        check_image_size("resolution", config.resolution, vae_factor(teacher.vae))  # before any image is made
+        dataset = None if config.dataset == "shapes" else open_dataset(
+            generated_data(config, teacher, accelerator) if config.dataset == "teacher" else config.dataset,
+            config.resolution, teacher.tokenizer, config.image_column, config.caption_column)
+        torch.manual_seed(config.seed)  # the discriminator heads' initial weights
+        discriminator = make_discriminator(config, teacher)
+        decoder = load_tiny_vae(config.tiny_vae, accelerator.device) if config.tiny_vae else None
+        return cls(config, teacher, discriminator, accelerator, dataset, decoder)
 
     def modules(self) -> dict:
         return {"student": self.trainable, "ema": self.ema, "heads": self.discriminator.heads}
 
     def optimizers(self) -> dict:
         return {"student": self.student_optimizer, "discriminator": self.discriminator_optimizer}
-
-    def generated_data(self) -> Path:
-        """The teacher's images for ``config.prompts``, generated once (by the main process) into a folder of
-        ``runs/generated`` named for the settings, and reused by every run that shares them."""
-        config = self.config
-        if config.prompts == "shapes":
-            prompts = shapes_prompts(config.num_prompts, config.seed, config.omit_prob)
-        else:
-            prompts = read_prompts(config.prompts)[:config.num_prompts]
-        with self.accelerator.main_process_first(), self.accelerator.autocast():  # fp16 on a small card
-            return generate(self.teacher, prompts, teacher=config.teacher, num_inference_steps=config.generation_steps,
-                            guidance_scale=config.teacher_guidance_scale, seed=config.seed,
-                            resolution=config.resolution, batch_size=config.batch_size,
-                            progress=self.accelerator.is_main_process)
 
     def replica_difference(self) -> float:
         """The largest difference, across processes, of a checksum of the student and the heads: 0 when every
@@ -459,8 +459,8 @@ class ADDTrainer:
 
 def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> None:
     """Run (or, with ``resume``, continue) ADD training; checkpoints in ``run_dir``, the student in ``out``."""
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    trainer = ADDTrainer(config, accelerator)
+    trainer = ADDTrainer.from_config(config)
+    accelerator = trainer.accelerator
     run = Run(run_dir, trainer.modules(), trainer.optimizers(), config, resume, save=accelerator.is_main_process,
               step=0)
     trainer.check_loss = run.check_loss
@@ -479,6 +479,19 @@ def train(config: Config, out: Path, run_dir: Path, resume: bool = False) -> Non
     checkpoint()
     if accelerator.is_main_process:
         export(trainer, run, out)
+
+
+def generated_data(config: Config, teacher, accelerator: Accelerator) -> Path:
+    """The teacher's images for ``config.prompts``, generated once (by the main process) into a folder of
+    ``runs/generated`` named for the settings, and reused by every run that shares them."""
+    if config.prompts == "shapes":
+        prompts = shapes_prompts(config.num_prompts, config.seed, config.omit_prob)
+    else:
+        prompts = read_prompts(config.prompts)[:config.num_prompts]
+    with accelerator.main_process_first(), accelerator.autocast():  # fp16 on a small card
+        return generate(teacher, prompts, teacher=config.teacher, num_inference_steps=config.generation_steps,
+                        guidance_scale=config.teacher_guidance_scale, seed=config.seed, resolution=config.resolution,
+                        batch_size=config.batch_size, progress=accelerator.is_main_process)
 
 
 def make_discriminator(config: Config, teacher) -> Discriminator:

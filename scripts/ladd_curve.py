@@ -38,7 +38,7 @@ args = parser.parse_args()
 
 torch.manual_seed(0)
 config = Config(discriminator="ladd", steps=args.steps)
-trainer = ADDTrainer(config, Accelerator())
+trainer = ADDTrainer.from_config(config, Accelerator())
 start = 0
 if args.start:  # the checkpoint's recipe must be this one but for its length
     saved = json.loads((args.start / "checkpoint.json").read_text())["state"]["config"]

@@ -247,7 +247,7 @@ def test_generator_loss_checker(capsys):
 
     from addlib.train_add import ADDTrainer, Config
 
-    trainer = ADDTrainer(Config(batch_size=2), Accelerator())
+    trainer = ADDTrainer.from_config(Config(batch_size=2), Accelerator())
     checks.check_generator_loss(generator_right, trainer)
     assert capsys.readouterr().out.strip() == "✓ generator_loss passes all 2 cases"
     for mistake, hint in [(dict(lam=1.0, adv=25.0), "lambda = 25 weights the distillation loss"),
@@ -442,7 +442,7 @@ def small_trainer():
 
     from addlib.train_add import ADDTrainer, Config
 
-    return ADDTrainer(Config(batch_size=2), Accelerator())
+    return ADDTrainer.from_config(Config(batch_size=2), Accelerator())
 
 
 def test_discriminator_loss_checker(capsys, small_trainer):

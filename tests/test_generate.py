@@ -138,12 +138,12 @@ def test_a_binary_prompt_file_and_a_file_for_a_folder_are_refused_in_one_line(tm
 def test_add_trains_on_the_teachers_images_generated_once_and_shared(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the cache goes to ./runs/generated
     config = Config(steps=1, batch_size=4, dataset="teacher", num_prompts=8, generation_steps=2)
-    trainer = ADDTrainer(config, Accelerator())
+    trainer = ADDTrainer.from_config(config, Accelerator())
     [folder] = (tmp_path / "runs" / "generated").iterdir()
     assert folder.name.startswith("miniature-") and len(list(folder.glob("*.png"))) == 8
     assert json.loads((folder / "generation.json").read_text())["guidance_scale"] == config.teacher_guidance_scale
     trainer.step(0)
-    ADDTrainer(Config(steps=1, batch_size=4, dataset="teacher", num_prompts=8, generation_steps=2,
+    ADDTrainer.from_config(Config(steps=1, batch_size=4, dataset="teacher", num_prompts=8, generation_steps=2,
                       distillation_weight=0), Accelerator())  # another loss, the same data: no second folder
     assert len(list((tmp_path / "runs" / "generated").iterdir())) == 1
 
@@ -174,7 +174,7 @@ def test_a_hub_dataset_with_named_columns_trains_like_an_image_folder(tmp_path):
         images[2:3], size=32, mode="bicubic", antialias=True)[0], atol=0.1, rtol=0)  # the same picture, resized
     config = Config(steps=1, batch_size=2, dataset=f"hf:{tmp_path / 'hf'}", image_column="picture",
                     caption_column="caption")
-    trainer = ADDTrainer(config, Accelerator())
+    trainer = ADDTrainer.from_config(config, Accelerator())
     batch, batch_captions = trainer.batch(0)
     assert batch.shape == (2, 3, 32, 32) and set(batch_captions) <= set(captions)
     trainer.step(0)

@@ -110,7 +110,7 @@ def test_bad_input_is_one_line_naming_the_choices(teacher):
     with pytest.raises(ValueError, match=r"^discriminator 'ladd' reads no image embedding"):
         Config(discriminator="ladd", discriminator_conditioning="text,image").check()
     with pytest.raises(ValueError, match=r"^teacher feature layers \['up.9'\] must be distinct"):
-        ADDTrainer(Config(discriminator="ladd", ladd_layers="up.9", steps=1, batch_size=2), Accelerator())
+        ADDTrainer.from_config(Config(discriminator="ladd", ladd_layers="up.9", steps=1, batch_size=2))
 
 
 def test_ladd_training_resumes_exactly_and_moves_student_and_heads(straight_and_resumed, same_tensors):
@@ -127,7 +127,7 @@ def test_ladd_training_resumes_exactly_and_moves_student_and_heads(straight_and_
 
 
 def test_in_the_trainer_the_generator_loss_trains_the_student_alone():
-    trainer = ADDTrainer(Config(discriminator="ladd", steps=1, batch_size=2), Accelerator())
+    trainer = ADDTrainer.from_config(Config(discriminator="ladd", steps=1, batch_size=2), Accelerator())
     inputs = trainer.inputs(0)
     inputs.pop("images")
     trainer.discriminator.heads.requires_grad_(False)  # as ADDTrainer.step holds them for the generator update

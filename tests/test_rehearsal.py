@@ -100,7 +100,7 @@ def test_add_on_a_hub_architecture_keeps_the_teachers_schedule_and_exports_a_stu
         teacher=str(rehearsal / "nota-ai--bk-sdm-tiny"), feature_network=str(rehearsal / "facebook--dinov2-small"),
         tiny_vae=str(rehearsal / "madebyollin--taesd"), resolution=64, batch_size=1, steps=1, lora_rank=4,
         gradient_checkpointing=True, dataset="shapes")
-    trainer = ADDTrainer(config, Accelerator(cpu=True))
+    trainer = ADDTrainer.from_config(config, Accelerator(cpu=True))
     scheduler = trainer.teacher.scheduler
     assert scheduler.config.prediction_type == "epsilon"
     assert scheduler.alphas_cumprod[999].item() == pytest.approx(0.0047, abs=1e-4)  # SD's schedule, kept

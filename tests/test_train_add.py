@@ -51,9 +51,19 @@ def test_resume_with_another_configuration_is_refused_and_keeps_the_checkpoint(t
         train(Config(steps=2, batch_size=2, checkpoint_every=1), tmp_path / "out", tmp_path / "run", resume=True)
 
 
+def test_a_trainer_from_its_parts_trains_as_the_one_from_its_config():
+    """from_config only builds the parts; the same parts, built by hand (a teacher in float32 from its folder,
+    the heads drawn from the config's seed), make the same step."""
+    config = Config(batch_size=2, discriminator="add+ladd")
+    teacher = load_pipeline()
+    torch.manual_seed(config.seed)
+    by_hand = ADDTrainer(config, teacher, train_add.make_discriminator(config, teacher), Accelerator())
+    assert by_hand.step(0, measure=True) == ADDTrainer.from_config(config, Accelerator()).step(0, measure=True)
+
+
 def test_image_size_the_vae_cannot_take_is_refused():
     with pytest.raises(ValueError, match="resolution 30 is not a positive multiple of the VAE's downsampling factor 4"):
-        ADDTrainer(Config(resolution=30), Accelerator())
+        ADDTrainer.from_config(Config(resolution=30), Accelerator())
 
 
 def test_nan_stops_with_a_clear_message_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -94,7 +104,7 @@ def test_the_exported_pipeline_samples_as_add_with_diffusers_own_call(tmp_path):
 
 def test_lora_student_shares_the_teacher_trains_only_adapters_and_exports_a_plain_unet(tmp_path):
     config = Config(steps=2, batch_size=2, lora_rank=4)
-    trainer = ADDTrainer(config, Accelerator())
+    trainer = ADDTrainer.from_config(config, Accelerator())
     teacher = load_pipeline(device="cpu").unet  # a separate copy, to compare with
     base = teacher.state_dict()
     assert trainer.accelerator.unwrap_model(trainer.student) is trainer.teacher.unet  # one UNet in memory
@@ -207,7 +217,7 @@ def write_folder(folder, captions):
 def test_an_image_caption_folder_trains_like_the_shapes(tmp_path):
     write_folder(tmp_path / "data", ["a red circle", "a blue square", "a triangle"])
     config = Config(steps=2, batch_size=2, dataset=str(tmp_path / "data"))
-    trainer = ADDTrainer(config, Accelerator())
+    trainer = ADDTrainer.from_config(config, Accelerator())
     images, captions = trainer.batch(0)
     assert images.shape == (2, 3, 32, 32) and images.min() >= -1 and images.max() <= 1
     assert set(captions) <= {"a red circle", "a blue square", "a triangle"}
@@ -220,14 +230,14 @@ def test_an_image_caption_folder_trains_like_the_shapes(tmp_path):
 def test_a_caption_too_long_for_the_tokenizer_is_refused_with_its_line(tmp_path):
     write_folder(tmp_path / "data", ["a red circle", "a a a a a small red circle at the top left on a blue background"])
     with pytest.raises(ValueError, match="metadata.jsonl line 2: prompt .* tokens but the tokenizer allows 16"):
-        ADDTrainer(Config(dataset=str(tmp_path / "data")), Accelerator())
+        ADDTrainer.from_config(Config(dataset=str(tmp_path / "data")), Accelerator())
 
 
 def test_an_unreadable_image_is_refused_when_the_folder_is_opened(tmp_path):
     write_folder(tmp_path / "data", ["a red circle", "a blue square"])
     (tmp_path / "data" / "1.png").write_text("not an image")
     with pytest.raises(ValueError, match=r"1.png is not an image Pillow can read \(.*\); remove it or replace it"):
-        ADDTrainer(Config(dataset=str(tmp_path / "data")), Accelerator())
+        ADDTrainer.from_config(Config(dataset=str(tmp_path / "data")), Accelerator())
 
 
 def test_the_stable_diffusion_preset_is_the_papers_not_the_miniatures(tmp_path):
@@ -260,7 +270,7 @@ def test_gradient_norms_are_each_loss_alone_and_leave_the_graph_for_their_sum():
 
 @pytest.mark.parametrize("which", ["add", "ladd", "add+ladd"])
 def test_measuring_health_logs_it_and_leaves_training_as_it_was(which):
-    trainers = [ADDTrainer(Config(batch_size=2, discriminator=which), Accelerator()) for _ in range(2)]
+    trainers = [ADDTrainer.from_config(Config(batch_size=2, discriminator=which), Accelerator()) for _ in range(2)]
     measured = trainers[0].step(0, measure=True)
     plain = trainers[1].step(0)
     for key in ("adversarial", "distillation", "hinge", "r1"):
@@ -275,7 +285,7 @@ def test_measuring_health_logs_it_and_leaves_training_as_it_was(which):
 
 
 def test_held_out_accuracy_reads_the_sign_of_each_images_score(monkeypatch):
-    trainer = ADDTrainer(Config(batch_size=4), Accelerator())
+    trainer = ADDTrainer.from_config(Config(batch_size=4), Accelerator())
     verdicts = iter([torch.tensor([1.0, 2.0, -1.0, 3.0]), torch.tensor([-1.0, -2.0, -3.0, 4.0])])  # real, fake
     monkeypatch.setattr(train_add, "score", lambda logits: next(verdicts))
     health = trainer.health()

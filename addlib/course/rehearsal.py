@@ -182,7 +182,7 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
     from addlib.train_add import ADDTrainer, Config, student_pipeline
 
     config = Config.stable_diffusion(**changes)
-    trainer = ADDTrainer(config, Accelerator(mixed_precision=config.mixed_precision))
+    trainer = ADDTrainer.from_config(config, Accelerator(mixed_precision=config.mixed_precision))
     device = trainer.accelerator.device
     trainer.step(0)
     synchronize(device)
