@@ -23,7 +23,8 @@ from accelerate import Accelerator
 from addlib.bench.quality import evaluation_set, quality_row
 from addlib.evaluators import load_attribute_classifier
 from addlib.sampling import sample
-from addlib.train_add import ADDTrainer, Config, student_pipeline
+from addlib.add_trainer import ADDTrainer, student_pipeline
+from addlib.train_add import Config
 from addlib.utils.checkpoints import resume_checkpoint
 from addlib.utils.runs import set_lr
 

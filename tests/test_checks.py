@@ -245,7 +245,9 @@ def generator_right(trainer, latents, noise, timesteps, text, condition, generat
 def test_generator_loss_checker(capsys):
     from accelerate import Accelerator
 
-    from addlib.train_add import ADDTrainer, Config
+    from addlib.add_trainer import ADDTrainer
+
+    from addlib.train_add import Config
 
     trainer = ADDTrainer.from_config(Config(batch_size=2), Accelerator())
     checks.check_generator_loss(generator_right, trainer)
@@ -440,7 +442,9 @@ def discriminator_right(discriminator, real, fake, r1_weight, generator, detach=
 def small_trainer():
     from accelerate import Accelerator
 
-    from addlib.train_add import ADDTrainer, Config
+    from addlib.add_trainer import ADDTrainer
+
+    from addlib.train_add import Config
 
     return ADDTrainer.from_config(Config(batch_size=2), Accelerator())
 

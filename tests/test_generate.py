@@ -16,7 +16,8 @@ from addlib.datasets import HubImageCaptions, ImageCaptionFolder, open_dataset
 from addlib.generate import generate, read_prompts, shapes_prompts
 from addlib.loading import load_pipeline
 from addlib.miniature import build_tokenizer
-from addlib.train_add import ADDTrainer, Config
+from addlib.add_trainer import ADDTrainer
+from addlib.train_add import Config
 
 SETTINGS = dict(teacher="miniature", num_inference_steps=2, guidance_scale=3.0, seed=5, batch_size=4,
                 progress=False)

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from addlib import train_add
+from addlib import add_trainer
 from addlib.latent_discriminator import (
     LatentDiscriminator,
     block_channels,
@@ -17,7 +17,8 @@ from addlib.latent_discriminator import (
 )
 from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR
 from addlib.pipeline import text_encoder_output
-from addlib.train_add import ADDTrainer, Config, train
+from addlib.add_trainer import ADDTrainer
+from addlib.train_add import Config, train
 
 B = 3
 LAYERS = ["down.1", "mid", "up.1"]
@@ -116,7 +117,7 @@ def test_bad_input_is_one_line_naming_the_choices(teacher):
 def test_ladd_training_resumes_exactly_and_moves_student_and_heads(straight_and_resumed, same_tensors):
     tiny = dict(steps=4, batch_size=4, checkpoint_every=2, discriminator="ladd")
     (straight, straight_run), (_, resumed_run) = straight_and_resumed(
-        lambda out, run_dir, resume: train(Config(**tiny), out, run_dir, resume), train_add.ADDTrainer, "step", 3)
+        lambda out, run_dir, resume: train(Config(**tiny), out, run_dir, resume), add_trainer.ADDTrainer, "step", 3)
     assert same_tensors(straight_run / "checkpoint.safetensors", resumed_run / "checkpoint.safetensors")
     log = json.loads((straight / "loss_log.json").read_text())
     assert log[0]["r1"] > 0 and log[0]["adversarial"] != 0

@@ -94,7 +94,8 @@ def test_add_on_a_hub_architecture_keeps_the_teachers_schedule_and_exports_a_stu
     from accelerate import Accelerator
 
     from addlib.pipeline import denoise
-    from addlib.train_add import ADDTrainer, Config, student_pipeline
+    from addlib.add_trainer import ADDTrainer, student_pipeline
+    from addlib.train_add import Config
 
     config = Config.stable_diffusion(
         teacher=str(rehearsal / "nota-ai--bk-sdm-tiny"), feature_network=str(rehearsal / "facebook--dinov2-small"),

@@ -12,14 +12,15 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file
 
-from addlib import discriminator, train_add
+from addlib import add_trainer, discriminator, train_add
 from addlib.discriminator import DIFFAUGMENT_POLICY
 from addlib.evaluators import TinyViT, save_evaluator
 from addlib.loading import load_pipeline
 from addlib.lora import LORA_TARGETS
 from addlib.sampling import sample
 from addlib.shapes import make_shapes
-from addlib.train_add import ADDTrainer, Config, student_pipeline, train
+from addlib.add_trainer import ADDTrainer, student_pipeline
+from addlib.train_add import Config, train
 from addlib.utils.commands import OneLineParser, add_config_options, command_line, parse_run_arguments
 
 TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
@@ -27,7 +28,7 @@ TINY = dict(steps=4, batch_size=4, checkpoint_every=2)
 
 def test_resume_repeats_an_uninterrupted_run_exactly(tmp_path, straight_and_resumed, same_tensors):
     (straight, _), (resumed, _) = straight_and_resumed(  # the third step, after the step-2 checkpoint
-        lambda out, run_dir, resume: train(Config(**TINY), out, run_dir, resume), train_add.ADDTrainer, "step", 3)
+        lambda out, run_dir, resume: train(Config(**TINY), out, run_dir, resume), add_trainer.ADDTrainer, "step", 3)
     weights = "unet/diffusion_pytorch_model.safetensors"
     assert same_tensors(straight / weights, resumed / weights)
     log = lambda out: json.loads((out / "loss_log.json").read_text())  # noqa: E731
@@ -57,7 +58,7 @@ def test_a_trainer_from_its_parts_trains_as_the_one_from_its_config():
     config = Config(batch_size=2, discriminator="add+ladd")
     teacher = load_pipeline()
     torch.manual_seed(config.seed)
-    by_hand = ADDTrainer(config, teacher, train_add.make_discriminator(config, teacher), Accelerator())
+    by_hand = ADDTrainer(config, teacher, add_trainer.make_discriminator(config, teacher), Accelerator())
     assert by_hand.step(0, measure=True) == ADDTrainer.from_config(config, Accelerator()).step(0, measure=True)
 
 
@@ -67,13 +68,13 @@ def test_image_size_the_vae_cannot_take_is_refused():
 
 
 def test_nan_stops_with_a_clear_message_naming_the_last_good_checkpoint(tmp_path, monkeypatch):
-    real_loss, calls = train_add.distillation_loss, []
+    real_loss, calls = add_trainer.distillation_loss, []
 
     def nan_at_third_step(*args, **kwargs):
         calls.append(1)
         return real_loss(*args, **kwargs) * (float("nan") if len(calls) == 3 else 1)
 
-    monkeypatch.setattr(train_add, "distillation_loss", nan_at_third_step)
+    monkeypatch.setattr(add_trainer, "distillation_loss", nan_at_third_step)
     with pytest.raises(FloatingPointError, match=r"student loss became nan at step 2; the last good checkpoint "
                                                  r"\(step 2\) is in .*run: lower the learning rates"):
         train(Config(**TINY), tmp_path / "out", tmp_path / "run")
@@ -262,7 +263,7 @@ def test_gradient_norms_are_each_loss_alone_and_leave_the_graph_for_their_sum():
     weight = torch.tensor([3.0, 4.0], requires_grad=True)
     losses = {"first": (weight * torch.tensor([1.0, 0.0])).sum(), "second": 2 * weight.pow(2).sum() / 2,
               "unweighted": 0 * torch.zeros(())}
-    norms = train_add.gradient_norms(losses, [weight])
+    norms = add_trainer.gradient_norms(losses, [weight])
     assert norms == pytest.approx({"first": 1.0, "second": 2 * 5.0, "unweighted": 0.0})
     sum(losses.values()).backward()  # the graph survived the measurement
     torch.testing.assert_close(weight.grad, torch.tensor([1.0, 0.0]) + 2 * weight.detach())
@@ -287,7 +288,7 @@ def test_measuring_health_logs_it_and_leaves_training_as_it_was(which):
 def test_held_out_accuracy_reads_the_sign_of_each_images_score(monkeypatch):
     trainer = ADDTrainer.from_config(Config(batch_size=4), Accelerator())
     verdicts = iter([torch.tensor([1.0, 2.0, -1.0, 3.0]), torch.tensor([-1.0, -2.0, -3.0, 4.0])])  # real, fake
-    monkeypatch.setattr(train_add, "score", lambda logits: next(verdicts))
+    monkeypatch.setattr(add_trainer, "score", lambda logits: next(verdicts))
     health = trainer.health()
     assert health["held_out_accuracy"] == pytest.approx((3 / 4 + 3 / 4) / 2)
     assert health["held_out_gap"] == pytest.approx(5 / 4 - (-2 / 4))

@@ -96,7 +96,8 @@ def bench_heads(args: argparse.Namespace) -> list[dict]:
     from addlib.loading import load_pipeline
     from addlib.probe import HEADS_SWEEP, heads_probe
     from addlib.shapes import SEEDS
-    from addlib.train_add import Config, make_discriminator
+    from addlib.add_trainer import make_discriminator
+    from addlib.train_add import Config
 
     unknown = [name for name in args.settings if name not in HEADS_SWEEP]
     if unknown:

@@ -179,7 +179,8 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 
     from addlib.bench.timing import synchronize
     from addlib.sampling import sample
-    from addlib.train_add import ADDTrainer, Config, student_pipeline
+    from addlib.add_trainer import ADDTrainer, student_pipeline
+    from addlib.train_add import Config
 
     config = Config.stable_diffusion(**changes)
     trainer = ADDTrainer.from_config(config, Accelerator(mixed_precision=config.mixed_precision))

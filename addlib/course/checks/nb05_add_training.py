@@ -60,8 +60,8 @@ def check_generator_loss(fn: Callable, trainer) -> None:
 
 def _generator_mistakes(trainer) -> list[tuple[str, Callable]]:
     """Each plausible wrong objective with its hint: the trainer's own ``generator_loss`` with one piece swapped,
-    a setting of the trainer or a function of ``addlib.train_add`` (:func:`_swapped`)."""
-    import addlib.train_add as module
+    a setting of the trainer or a function of ``addlib.add_trainer`` (:func:`_swapped`)."""
+    import addlib.add_trainer as module
 
     config, distillation_loss = trainer.config, module.distillation_loss
     lam = config.distillation_weight
@@ -266,7 +266,7 @@ def check_train_step(fn: Callable, trainer) -> None:
     Meanwhile both optimizers are plain SGD: Adam's first steps move each weight by about its learning rate
     whatever the gradient, so a float's noise in a near-zero gradient would flip them, and clipping would not
     show. The trainer's weights and optimizers are put back afterwards. Calling ``ADDTrainer.step`` is refused."""
-    from addlib.train_add import ADDTrainer
+    from addlib.add_trainer import ADDTrainer
 
     modules = trainer.modules()
     saved = {name: copy.deepcopy(module.state_dict()) for name, module in modules.items()}
