@@ -6,7 +6,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from addlib.bench.metrics import count_shapes
 from addlib.course import train_evaluators
+from addlib.course.train_evaluators import MALFORMED, make_malformed
 from addlib.evaluators import (
     AttributeClassifier,
     TinyViT,
@@ -15,7 +17,7 @@ from addlib.evaluators import (
     load_feature_network,
     save_evaluator,
 )
-from addlib.shapes import ATTRIBUTES, MALFORMED, make_malformed, make_shapes
+from addlib.shapes import ATTRIBUTES, make_shapes
 
 B = 4
 
@@ -173,3 +175,35 @@ def test_resume_repeats_an_uninterrupted_run_exactly(network, loss, call, tmp_pa
     straight = load_file(tmp_path / "straight" / network / "model.safetensors")
     again = load_file(tmp_path / "resumed" / network / "model.safetensors")
     assert straight.keys() == again.keys() and all(torch.equal(straight[k], again[k]) for k in straight)
+
+
+# --- make_malformed -----------------------------------------------------------------------------------------
+
+
+def test_make_malformed_is_counter_based_and_draws_every_kind():
+    images, kinds = make_malformed(800, seed=5)
+    assert images.shape == (800, 3, 32, 32) and images.dtype == torch.float32
+    assert images.min() >= -1 and images.max() <= 1
+    tail, tail_kinds = make_malformed(300, seed=5, start=500)
+    assert torch.equal(tail, images[500:]) and torch.equal(tail_kinds, kinds[500:])
+    assert torch.bincount(kinds, minlength=len(MALFORMED)).min() >= 70  # 100 each on average
+
+
+def test_make_malformed_kinds_are_what_they_say():
+    """Pairs hold two blobs, empty images none, the drawn outlines one each (a bow-tie's tips may part), faint
+    shapes at most 30% of the genuine shape's contrast, all on the backgrounds of the seed's own scenes."""
+    images, kinds = make_malformed(800, seed=5)
+    counts = count_shapes(images)
+    real, _, _ = make_shapes(800, seed=5)
+    for name, expected, share in [("two shapes", 2, 0.95), ("empty", 0, 1.0), ("star", 1, 0.9), ("cross", 1, 0.9),
+                                  ("bow-tie", 1, 0.7), ("blob", 1, 0.9), ("ellipse", 1, 0.9)]:
+        mine = kinds == MALFORMED.index(name)
+        assert (counts[mine] == expected).float().mean() >= share, name
+    background = real[:, :, :1, :1]  # no shape reaches the top left pixel
+    faint = kinds == MALFORMED.index("faint")
+    contrast = (images[faint] - background[faint]).abs().amax(dim=(1, 2, 3))
+    assert (contrast <= 0.3 * (real[faint] - background[faint]).abs().amax(dim=(1, 2, 3)) + 1e-6).all()
+    empty = kinds == MALFORMED.index("empty")
+    assert torch.equal(images[empty], background[empty].expand(-1, -1, 32, 32))
+    with pytest.raises(ValueError, match="num_images must be a non-negative int"):
+        make_malformed(-1)

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from addlib.bench.preference import PreferenceStudy, attribute_judge, wilson_interval
+from addlib.course.train_evaluators import make_malformed
 from addlib.evaluators import load_attribute_classifier
-from addlib.shapes import make_malformed, make_shapes
+from addlib.shapes import make_shapes
 
 
 def test_wilson_interval_matches_known_values_and_stays_in_range():

@@ -1,22 +1,18 @@
-"""The captioned-shapes world: determinism, rendering that shows the attributes, captions that parse back, and the
-malformed images an honest evaluator must refuse."""
+"""The captioned-shapes world: determinism, rendering that shows the attributes, captions that parse back."""
 
 import pytest
 import torch
 
-from addlib.bench.metrics import count_shapes
 from addlib.shapes import (
     ATTRIBUTES,
     BACKGROUNDS,
     COLORS,
-    MALFORMED,
     OMIT_PROB,
     POSITION_CENTERS,
     VOCABULARY,
     ShapesDataset,
     caption,
     labels_to_attributes,
-    make_malformed,
     make_shapes,
     parse_caption,
 )
@@ -273,35 +269,3 @@ def test_captions_use_an_before_a_vowel():
     attributes = {"shape": "circle", "color": "red", "size": "small", "position": "center", "background": "orange"}
     assert caption(attributes) == "a small red circle in the center on an orange background"
     assert parse_caption(caption(attributes)) == attributes
-
-
-# --- make_malformed -----------------------------------------------------------------------------------------
-
-
-def test_make_malformed_is_counter_based_and_draws_every_kind():
-    images, kinds = make_malformed(800, seed=5)
-    assert images.shape == (800, 3, 32, 32) and images.dtype == torch.float32
-    assert images.min() >= -1 and images.max() <= 1
-    tail, tail_kinds = make_malformed(300, seed=5, start=500)
-    assert torch.equal(tail, images[500:]) and torch.equal(tail_kinds, kinds[500:])
-    assert torch.bincount(kinds, minlength=len(MALFORMED)).min() >= 70  # 100 each on average
-
-
-def test_make_malformed_kinds_are_what_they_say():
-    """Pairs hold two blobs, empty images none, the drawn outlines one each (a bow-tie's tips may part), faint
-    shapes at most 30% of the genuine shape's contrast, all on the backgrounds of the seed's own scenes."""
-    images, kinds = make_malformed(800, seed=5)
-    counts = count_shapes(images)
-    real, _, _ = make_shapes(800, seed=5)
-    for name, expected, share in [("two shapes", 2, 0.95), ("empty", 0, 1.0), ("star", 1, 0.9), ("cross", 1, 0.9),
-                                  ("bow-tie", 1, 0.7), ("blob", 1, 0.9), ("ellipse", 1, 0.9)]:
-        mine = kinds == MALFORMED.index(name)
-        assert (counts[mine] == expected).float().mean() >= share, name
-    background = real[:, :, :1, :1]  # no shape reaches the top left pixel
-    faint = kinds == MALFORMED.index("faint")
-    contrast = (images[faint] - background[faint]).abs().amax(dim=(1, 2, 3))
-    assert (contrast <= 0.3 * (real[faint] - background[faint]).abs().amax(dim=(1, 2, 3)) + 1e-6).all()
-    empty = kinds == MALFORMED.index("empty")
-    assert torch.equal(images[empty], background[empty].expand(-1, -1, 32, 32))
-    with pytest.raises(ValueError, match="num_images must be a non-negative int"):
-        make_malformed(-1)

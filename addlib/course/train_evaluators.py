@@ -9,7 +9,7 @@ The attribute classifier (the evaluator of :mod:`addlib.bench.metrics`), then th
 of ADD's discriminator, pretrained supervised like DeiT: Touvron et al., 2021) learn the five attributes with
 a sum of cross-entropies, one per attribute, using AdamW with a warmed-up cosine learning rate. The classifier
 then learns, in a second stage, to say "none of these": its separate ``reject`` CNN takes a binary cross-entropy
-on half real images, half :func:`addlib.shapes.make_malformed`'s (label 1), with a little blur as well (a
+on half real images, half :func:`~addlib.course.train_evaluators.make_malformed`'s (label 1), with a little blur as well (a
 generator's edges are softer than a render's), while the attribute network, which has no part in that loss,
 stays as it was.
 
@@ -24,15 +24,31 @@ per attribute on 2,000 reference images of seed 7.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from addlib.bench.metrics import real_images
 from addlib.evaluators import EVALUATORS_DIR, AttributeClassifier, TinyViT, save_evaluator
-from addlib.shapes import ATTRIBUTES, MALFORMED, SEEDS, make_malformed, make_shapes
+from addlib.shapes import (  # the world's own renderer draws what is not of the world
+    ATTRIBUTES,
+    BASE_RADIUS,
+    POSITION_CENTERS,
+    POSITIONS,
+    RADIUS_JITTER,
+    SEEDS,
+    _check_index,
+    _check_resolution,
+    _draw_scenes,
+    _render,
+    _Scenes,
+    _uniforms,
+    make_shapes,
+)
 from addlib.utils.commands import OneLineParser, TrainingConfig, add_config_options, run_command
 from addlib.utils.runs import Run, lr_at, set_lr, step_generator
 
@@ -60,6 +76,98 @@ class Config(TrainingConfig):
     noise_std: float = 0.04  # the largest pixel-noise std; each image draws its own in [0, noise_std]
     eval_images: int = 2000  # held-out images each finished network is scored on
     checkpoint_every: int = 500  # steps between checkpoints in --run-dir (a run resumes from the last)
+
+
+
+# --- Not-shapes: what an honest evaluator must refuse -------------------------------------------------------
+# A closed-world classifier reads *some* shape into any blob. A one-step generator draws blobs no caption asks
+# for: stars, crosses, bow-ties, worms, two shapes, smudges too faint to see. make_malformed renders such images,
+# so the evaluator can learn to say "none of these" (addlib.evaluators; the classifier's reject stage below).
+
+MALFORMED = ("star", "cross", "bow-tie", "blob", "ellipse", "two shapes", "faint", "empty")
+_MALFORMED_STREAM = 2  # draws apart from the scene's own (stream 0) and its caption's (stream 1)
+
+
+def _rotated(dx: torch.Tensor, dy: torch.Tensor, angle: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Offsets in a frame turned by ``angle`` (n, 1, 1) radians; both come back (n, H, W)."""
+    cos, sin = angle.cos(), angle.sin()
+    return cos * dx + sin * dy, cos * dy - sin * dx
+
+
+def _radial_distance(dx, dy, radius_at) -> torch.Tensor:
+    """The (approximate) signed distance to a star-shaped outline whose radius at angle theta is ``radius_at``."""
+    return torch.sqrt(dx**2 + dy**2) - radius_at(torch.atan2(dy, dx))
+
+
+def _malformed_distance(kind: int, dx, dy, r, u) -> torch.Tensor:
+    """Signed distances (n, H, W) to ``MALFORMED[kind]`` outlines of size ``r`` (n, 1, 1), drawn from ``u``
+    (n, k) uniforms; "two shapes", "faint" and "empty" are made from genuine shapes by :func:`make_malformed`."""
+    def draw(i):
+        return u[:, i, None, None]
+    name = MALFORMED[kind]
+    if name == "star":  # 4 to 6 points, inner radius 30-55% of the outer
+        points, inner, turn = (4 + (3 * draw(0)).floor()), 0.3 + 0.25 * draw(1), 2 * math.pi * draw(2)
+        return _radial_distance(dx, dy, lambda theta: 1.3 * r * (inner + (1 - inner) * (
+            0.5 + 0.5 * torch.cos(points * (theta + turn))) ** 2))
+    if name == "blob":  # a circle pushed in and out by three random harmonics
+        return _radial_distance(dx, dy, lambda theta: r * (1 + sum(
+            (0.15 + 0.2 * draw(k)) * torch.cos((k + 2) * theta + 2 * math.pi * draw(k + 3)) for k in range(3))))
+    u_, v = _rotated(dx, dy, math.pi * draw(0))
+    if name == "cross":  # two bars, a plus or an X
+        length, width = 1.2 * r, (0.2 + 0.15 * draw(1)) * r
+        return torch.minimum(torch.maximum(u_.abs() - length, v.abs() - width),
+                             torch.maximum(v.abs() - length, u_.abs() - width))
+    if name == "bow-tie":  # two triangles meeting at their tips
+        slope = 0.6 + 0.5 * draw(1)
+        return torch.maximum((v.abs() - slope * u_.abs()) / torch.sqrt(1 + slope**2), u_.abs() - 1.2 * r)
+    aspect = 2 + 1.5 * draw(1)  # an ellipse: a worm of a circle
+    a, b = 1.3 * r, 1.3 * r / aspect
+    return (torch.sqrt((u_ / a) ** 2 + (v / b) ** 2) - 1) * b
+
+
+def make_malformed(num_images: int, seed: int = 0, resolution: int = 32, *, start: int = 0
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images that are *not* one of the world's shapes, with the index in ``MALFORMED`` of what each holds.
+
+    Each takes the colours, place and size of image ``start + i`` of ``make_shapes(..., seed)``, and draws on
+    it, in equal shares: a star, a cross, a bow-tie, a lumpy blob, a thin ellipse, two genuine shapes, a genuine
+    shape faded to 8-30% of its contrast, or nothing at all. Returns ``(images (N, 3, H, W) in [-1, 1], kinds
+    (N,) int64)``; like make_shapes, image ``i`` depends only on ``(seed, start + i)``.
+    """
+    num_images = _check_index(num_images, "num_images")
+    seed, start = _check_index(seed, "seed"), _check_index(start, "start")
+    resolution = _check_resolution(resolution)
+    indices = np.arange(start, start + num_images, dtype=np.uint64)
+    scenes = _draw_scenes(seed, start, num_images)
+    u = torch.from_numpy(_uniforms(seed, indices, _MALFORMED_STREAM)).float()
+    kinds = (u[:, 0] * len(MALFORMED)).long()
+    images = _render(scenes, resolution)  # the genuine shape, which "faint" starts from
+    # "two shapes": the scene's shape in a corner (the top left if it was in the centre) and, in the opposite
+    # corner, a small second shape of another scene of the seed, in the first one's colour so it stands out.
+    two = kinds == MALFORMED.index("two shapes")
+    centers = torch.tensor([POSITION_CENTERS[p] for p in POSITIONS])
+    corner = scenes.labels[two, 3].clamp(max=POSITIONS.index("bottom right"))  # the centre (4) becomes top left (0)
+    offset = scenes.centers[two] - centers[scenes.labels[two, 3]]  # the scene's jitter, kept
+    second = _draw_scenes(seed, start + 2**63, num_images)  # far from any index a dataset reaches
+    first = _Scenes(scenes.labels[two], centers[corner] + offset, scenes.radii[two], scenes.colors[two],
+                    scenes.backgrounds[two])
+    pair = first._replace(labels=second.labels[two], centers=centers[3 - corner] + offset,
+                          radii=second.radii[two].clamp(max=BASE_RADIUS["small"] * (1 + RADIUS_JITTER)))
+    images[two] = _render(first, resolution)
+    partner = _render(pair, resolution)
+    background = scenes.backgrounds[:, :, None, None]
+    images[two] = torch.where((partner - background[two]).abs().sum(1, keepdim=True) > 1e-6, partner, images[two])
+    faint = kinds == MALFORMED.index("faint")
+    images[faint] = background[faint] + (0.08 + 0.22 * u[faint, 1, None, None, None]) * (
+        images[faint] - background[faint])
+    empty = kinds == MALFORMED.index("empty")
+    images[empty] = background[empty].expand(-1, -1, resolution, resolution)
+    for kind in range(MALFORMED.index("two shapes")):  # the drawn outlines, each kind in one call
+        mine = kinds == kind
+        draws = u[mine, 1:]
+        images[mine] = _render(_Scenes(*(field[mine] for field in scenes)), resolution,
+                               lambda chunk, dx, dy, r: _malformed_distance(kind, dx, dy, r, draws[chunk]))
+    return images, kinds
 
 
 def augment(images: torch.Tensor, generator: torch.Generator, config: Config) -> torch.Tensor:
