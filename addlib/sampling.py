@@ -198,20 +198,25 @@ def _denoiser_output(pipe, latents: torch.Tensor, timestep: torch.Tensor, cond: 
 
 
 @torch.no_grad()
-def sample(
-    pipe,
-    prompts: list[str],
-    num_inference_steps: int = 25,
-    guidance_scale: float = 1.0,
-    seed: int = 0,
-    sampler: str = "ddim",
-    eta: float = 0.0,
-    height: int | None = None,
-    width: int | None = None,
-    batch_size: int = 256,
-    latents: torch.Tensor | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
+def _check_sampling(prompts, num_inference_steps, guidance_scale, seed, sampler, eta, batch_size) -> None:
+    """Refuse, in one line, what :func:`sample` cannot run, before anything is drawn or loaded."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler != "ddim" and eta != 0:
+        raise ValueError(f"eta is DDIM's; {sampler} fixes its own noise: use sampler='ddim' with eta={eta}")
+    if isinstance(prompts, str) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}; for one prompt use [prompt]")
+    if guidance_scale < 1:
+        raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}; "
+                         f"for unconditional images use the prompt \"\"")
+    check_integer("num_inference_steps", num_inference_steps, 1)
+    check_integer("seed", seed, 0)
+    check_integer("batch_size", batch_size, 1)
+
+
+def sample(pipe, prompts: list[str], num_inference_steps: int = 25, guidance_scale: float = 1.0, seed: int = 0,
+           sampler: str = "ddim", eta: float = 0.0, height: int | None = None, width: int | None = None,
+           batch_size: int = 256, latents: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:
     """Generate one image per prompt with ``pipe``'s VAE, text encoder and UNet: (B, 3, H, W) in [-1, 1].
 
     DDIM (``eta`` as in :func:`ddim_step`), DDPM or ADD (:func:`renoise_step`, for a distilled student: at 1, 2
@@ -228,21 +233,9 @@ def sample(
     still made, so the step noise stays that of ``seed``). Images come back on ``pipe``'s device, clamped to
     [-1, 1] as diffusers' post-processing clamps them.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-    if sampler != "ddim" and eta != 0:
-        raise ValueError(f"eta is DDIM's; {sampler} fixes its own noise: use sampler='ddim' with eta={eta}")
-    if isinstance(prompts, str) or not prompts:
-        raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}; for one prompt use [prompt]")
-    if guidance_scale < 1:
-        raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}; "
-                         f"for unconditional images use the prompt \"\"")
-    check_integer("num_inference_steps", num_inference_steps, 1)
-    check_integer("seed", seed, 0)
-    check_integer("batch_size", batch_size, 1)
+    _check_sampling(prompts, num_inference_steps, guidance_scale, seed, sampler, eta, batch_size)
     factor = vae_factor(pipe.vae)
-    height = image_size(pipe) if height is None else height
-    width = image_size(pipe) if width is None else width
+    height, width = (image_size(pipe) if size is None else size for size in (height, width))
     check_image_size("height", height, factor)
     check_image_size("width", width, factor)
 
@@ -255,14 +248,13 @@ def sample(
 
     generator = torch.Generator().manual_seed(seed)
     shape = (len(prompts), pipe.unet.config.in_channels, height // factor, width // factor)
-    initial = torch.randn(shape, generator=generator)  # (B, 4, h, w)
+    initial = torch.randn(shape, generator=generator)  # (B, 4, h, w), drawn even when replaced: same step noise
     if latents is not None:
         if latents.shape != shape:
             raise ValueError(f"latents must have shape {shape} for {len(prompts)} prompts of {height}x{width} "
                              f"images, got {tuple(latents.shape)}")
         check_finite("latents", latents)
-        initial = latents
-    x = initial.to(device=device, dtype=dtype)  # (B, 4, h, w)
+    x = (initial if latents is None else latents).to(device=device, dtype=dtype)  # (B, 4, h, w)
 
     cond = torch.cat([encode_prompts(pipe, prompts[chunk]) for chunk in chunks])  # (B, L, D)
     uncond = encode_prompts(pipe, [""]) if guidance_scale > 1 else None  # (1, L, D)

@@ -4,6 +4,7 @@ and the compute bound they approach; frame rates, frame times and the time to th
 from __future__ import annotations
 
 import argparse
+import functools
 
 import torch
 from tqdm import tqdm  # a text bar: in a notebook its last state stays in the saved output
@@ -34,7 +35,6 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
                          f"stream to compare; stream at least {len(args.t_index_list)} frames")
     torch.manual_seed(0)
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype))
-    device = pipe.device
     moving, _ = moving_shapes(args.num_frames, resolution=args.resolution, index=args.scene)
     static, _ = moving_shapes(args.num_frames, resolution=args.resolution, index=args.scene, hold=args.hold)
     one, many = [args.t_index], args.t_index_list
@@ -43,30 +43,14 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     setups = 9 + 2 * bool(args.tiny_vae) + bool(args.compile_mode) * (1 + bool(args.tiny_vae))
     progress = tqdm(total=setups, desc="timing the stream setups", unit="setup")
 
-    def stream(t_index_list, batch=True, vae=None, threshold=None, compile_mode=None):
-        def make():
-            s = StreamDiffusion(pipe, t_index_list, use_denoising_batch=batch, vae=vae, height=args.resolution,
-                                width=args.resolution, seed=args.seed, compile_mode=compile_mode)
-            s.prepare(args.prompt)
-            s.warmup(moving[0])
-            if threshold is not None:
-                s.enable_similarity_filter(threshold, args.max_skip_frame)
-            streams.append(s)
-            return s
-        return make
+    stream = functools.partial(_stream_maker, pipe, args, moving[0], streams)
 
     def naive(t_index_list):
         return lambda: diffusers_img2img(pipe, args.prompt, timesteps[tuple(t_index_list)], seed=args.seed)
 
-    def measure(name, t_index_list, make, frames=moving, rows_per_call=1, calls=1, latency=0, reference=None):
-        timed = time_frames(make, frames, args.repeats, device)
-        difference = "-" if reference is None else f"{max_difference(timed.outputs, reference, latency):.1e}"
-        fps = f"{timed.fps:.1f}" if timed.fps >= 1 else f"{timed.fps:.2g}"  # a CPU at 512 pixels: 0.036, not 0.0
-        rows.append({"setup": name, "timesteps": ",".join(str(int(t)) for t in timesteps[tuple(t_index_list)]),
-                     "UNet calls/frame": calls, "rows/call": rows_per_call, "fps": fps,
-                     "p50 ms": f"{1000 * timed.percentile(50):.2f}", "p99 ms": f"{1000 * timed.percentile(99):.2f}",
-                     "first frame ms": f"{1000 * timed.first_frame:.0f}", "latency (frames)": latency,
-                     "max abs diff vs naive": difference})
+    def measure(name, t_index_list, make, frames=moving, reference=None, **shape):
+        timed = time_frames(make, frames, args.repeats, pipe.device)
+        rows.append(_stream_row(name, timesteps[tuple(t_index_list)], timed, reference, **shape))
         progress.update()
         return timed.outputs
 
@@ -85,7 +69,7 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     skipped = streams[-1].skipped_frames / args.num_frames
     rows[-1]["setup"] += f" ({skipped:.0%} skipped)"
     if args.tiny_vae:
-        tiny = load_tiny_vae(args.tiny_vae, device=device, dtype=pipe.unet.dtype)
+        tiny = load_tiny_vae(args.tiny_vae, device=pipe.device, dtype=pipe.unet.dtype)
         measure("compute bound, tiny VAE", one, compute_bound(pipe, tiny, 1, t0))
         measure("stream + tiny VAE", one, stream(one, vae=tiny))
     if args.compile_mode:
@@ -95,17 +79,47 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
             measure(f"stream + tiny VAE, compiled ({args.compile_mode})", one,
                     stream(one, vae=tiny, compile_mode=args.compile_mode))
     progress.close()
-    _print_stream_table(args, rows, skipped, device, pipe.unet.dtype)
-    if args.stages:
-        print(f"\nwhere the one-step stream and the naive loop part, stage by stage (frame 0, t_index {args.t_index}):")
-        print_table(where_paths_part(pipe, moving[0], args.prompt, one, seed=args.seed))
+    stages = where_paths_part(pipe, moving[0], args.prompt, one, seed=args.seed) if args.stages else None
+    _print_stream_table(args, rows, skipped, pipe.device, pipe.unet.dtype, stages)
     return rows
 
 
-def _print_stream_table(args: argparse.Namespace, rows: list[dict], skipped: float, device, dtype) -> None:
+def _stream_maker(pipe, args: argparse.Namespace, first_frame: torch.Tensor, built: list, t_index_list: list[int],
+                  batch: bool = True, vae=None, threshold: float | None = None, compile_mode: str | None = None):
+    """What builds one stream setup of the bench, prepared and warmed up on ``first_frame``; each stream it builds
+    joins ``built``."""
+    from addlib.stream import StreamDiffusion
+
+    def make():
+        stream = StreamDiffusion(pipe, t_index_list, use_denoising_batch=batch, vae=vae, height=args.resolution,
+                                 width=args.resolution, seed=args.seed, compile_mode=compile_mode)
+        stream.prepare(args.prompt)
+        stream.warmup(first_frame)
+        if threshold is not None:
+            stream.enable_similarity_filter(threshold, args.max_skip_frame)
+        built.append(stream)
+        return stream
+    return make
+
+
+def _stream_row(name: str, timesteps, timed, reference, calls: int = 1, rows_per_call: int = 1,
+                latency: int = 0) -> dict:
+    """One row of the stream table: ``timed`` (:class:`~addlib.bench.timing.FrameTimes`) and, with a
+    ``reference``, how far its outputs are from it."""
+    difference = "-" if reference is None else f"{max_difference(timed.outputs, reference, latency):.1e}"
+    fps = f"{timed.fps:.1f}" if timed.fps >= 1 else f"{timed.fps:.2g}"  # a CPU at 512 pixels: 0.036, not 0.0
+    return {"setup": name, "timesteps": ",".join(str(int(t)) for t in timesteps), "UNet calls/frame": calls,
+            "rows/call": rows_per_call, "fps": fps, "p50 ms": f"{1000 * timed.percentile(50):.2f}",
+            "p99 ms": f"{1000 * timed.percentile(99):.2f}", "first frame ms": f"{1000 * timed.first_frame:.0f}",
+            "latency (frames)": latency, "max abs diff vs naive": difference}
+
+
+def _print_stream_table(args: argparse.Namespace, rows: list[dict], skipped: float, device, dtype,
+                        stages: list[dict] | None = None) -> None:
     """The stream table with its settings, then the course's targets for streaming: the 1-step stream at 90% of
     the compute bound or more; its outputs equal the naive loop's; Stream Batch faster than the same steps one
-    after another; the filter's speed-up that of the frames skipped."""
+    after another; the filter's speed-up that of the frames skipped. Then, if given, the ``stages`` table
+    (:func:`~addlib.stream.where_paths_part`)."""
     print(f"{args.num_frames} frames of {args.resolution}x{args.resolution} moving shapes (static clip: the shape "
           f"moves every {args.hold} frames), prompt {args.prompt!r}, seed {args.seed}, best of {args.repeats} "
           f"passes, {torch.get_num_threads()} threads, {device}, {dtype}; p50 / p99: the median and 99th-percentile "
@@ -126,6 +140,9 @@ def _print_stream_table(args: argparse.Namespace, rows: list[dict], skipped: flo
     print(f"similarity filter on the static clip: {gain:.2f}x fps, {skipped:.0%} skipped, so 1 / (1 - skipped) = "
           f"{expected:.2f}x expected (target: within {1 - FILTER_SHARE_OF_EXPECTED:.0%}): "
           f"{verdict(gain >= FILTER_SHARE_OF_EXPECTED * expected)}")
+    if stages is not None:
+        print(f"\nwhere the one-step stream and the naive loop part, stage by stage (frame 0, t_index {args.t_index}):")
+        print_table(stages)
 
 
 def add_parsers(subcommands) -> None:
