@@ -21,7 +21,6 @@ and 4 ADD steps) on held-out prompts, with seconds per image.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -115,7 +114,7 @@ def evaluate(teacher, student, prompts: list[str], reference: torch.Tensor, *, c
 
     Returns the table's rows, each row's images (for a grid), and one line per metric skipped, saying why.
     """
-    from addlib.sampling import sample
+    from addlib.bench.timing import timed_sample
 
     try:
         clip, skipped = load_clip(clip_model, teacher.device), {}
@@ -133,13 +132,10 @@ def evaluate(teacher, student, prompts: list[str], reference: torch.Tensor, *, c
     rows, images = [], {}
     for model, steps, guidance, sampler in tqdm(runs, desc="sampling and scoring", unit="row"):
         pipe = teacher if model == "teacher" else student
-        start = time.perf_counter()
         with torch.autocast("cuda", enabled=pipe.device.type == "cuda"):  # fp16 on a GPU, as a user would sample
-            generated = sample(pipe, prompts, steps, guidance, seed=seed, sampler=sampler, height=resolution,
-                               width=resolution, batch_size=batch_size).float()
-        if pipe.device.type == "cuda":
-            torch.cuda.synchronize(pipe.device)  # the time of the work, not of queueing it
-        seconds = (time.perf_counter() - start) / len(prompts)
+            generated, seconds = timed_sample(pipe, prompts, steps, guidance, seed=seed, sampler=sampler,
+                                              height=resolution, width=resolution, batch_size=batch_size)
+        generated = generated.float()
         name = f"{model}, {steps} step{'s' * (steps > 1)}" + (f", guidance {guidance:g}" if guidance > 1 else "")
         row = {"model": name, "CLIP score": "-", "FD_CLIP": "-", "FID": "-", "s/image": f"{seconds:.3f}"}
         if clip is not None:

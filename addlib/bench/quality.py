@@ -69,11 +69,9 @@ def evaluation_set(num_images: int, seed: int):
 def _sampled_row(pipe, prompts, reference, classifier, steps: int, guidance: float, seed: int,
                  sampler: str = "ddim") -> dict:
     """Quality and seconds per image of ``steps`` sampling steps of ``pipe`` on ``prompts``."""
-    from addlib.sampling import sample
+    from addlib.bench.timing import timed_sample
 
-    start = time.perf_counter()
-    images = sample(pipe, prompts, steps, guidance_scale=guidance, seed=seed, sampler=sampler)
-    seconds = (time.perf_counter() - start) / len(prompts)
+    images, seconds = timed_sample(pipe, prompts, steps, guidance_scale=guidance, seed=seed, sampler=sampler)
     return {"steps": steps, "guidance": guidance, **quality_row(images, prompts, reference, classifier),
             "s/image": f"{seconds:.4f}"}
 

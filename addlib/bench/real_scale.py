@@ -10,8 +10,114 @@ import torch
 
 from addlib.bench.evaluation import CLIP_MODEL
 from addlib.bench.tables import print_table
-from addlib.course.rehearsal import MEMORY_OPTIONS
 from addlib.utils.commands import at_least
+
+
+# What a small card adds, one option after another (notebook 06's table): each row keeps the ones above it.
+MEMORY_OPTIONS = ("none", "half precision", "+ LoRA", "+ gradient checkpointing", "+ TAESD")
+
+
+def memory_option_changes(option: str, tiny_vae: str) -> dict:
+    """The ``Config`` fields of ``option`` and of every option before it in ``MEMORY_OPTIONS``. Half precision
+    is fp16 on a CUDA GPU and bf16 on a CPU, which has no fp16 autocast (accelerate would train in fp32)."""
+    half = "fp16" if torch.cuda.is_available() else "bf16"
+    steps = [{}, {"mixed_precision": half}, {"lora_rank": 8}, {"gradient_checkpointing": True}, {"tiny_vae": tiny_vae}]
+    changes = {}
+    for step in steps[:MEMORY_OPTIONS.index(option) + 1]:
+        changes |= step
+    return changes
+
+
+def _peak_memory() -> float:
+    """GiB: what torch allocated on the GPU at most since the last reset, or on a CPU the process's peak resident
+    set (libraries and loading included: a CPU keeps no finer account)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
+def measure_training(changes: dict, steps: int, sample_images: int = 0, count_flops: bool = False) -> dict:
+    """Seconds per ADD step and peak memory of ``Config.stable_diffusion(**changes)``, after one untimed warm-up
+    step; with ``sample_images``, also seconds per one-step image of the exported student; with ``count_flops``,
+    the floating-point operations of one more step (torch's FlopCounterMode: matrix products and convolutions;
+    R1's second backward through the heads left out).
+    Run it in a fresh process (:func:`in_fresh_process`), so that the peak is this configuration's alone."""
+    import time
+
+    from accelerate import Accelerator
+
+    from addlib.bench.timing import synchronize
+    from addlib.sampling import sample
+    from addlib.add_trainer import ADDTrainer, student_pipeline
+    from addlib.train_add import Config
+
+    config = Config.stable_diffusion(**changes)
+    trainer = ADDTrainer.from_config(config, Accelerator(mixed_precision=config.mixed_precision))
+    device = trainer.accelerator.device
+    trainer.step(0)
+    synchronize(device)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        trainer.step(step)
+    synchronize(device)
+    result = {"seconds": (time.perf_counter() - start) / steps, "peak": _peak_memory()}
+    if count_flops:  # without R1: the counter cannot follow autograd.grad, and R1 runs through the small heads alone
+        import dataclasses
+
+        from torch.utils.flop_counter import FlopCounterMode
+
+        trainer.config = dataclasses.replace(config, r1_weight=0.0)
+        with FlopCounterMode(display=False) as counter:
+            trainer.step(steps + 1)
+        result["flops"] = counter.get_total_flops()
+    if sample_images:
+        student, prompts = student_pipeline(trainer), ["a photo of a red bicycle"] * sample_images
+        sample(student, prompts[:1], 1, sampler="add", height=config.resolution, width=config.resolution)  # warm-up
+        synchronize(device)
+        start = time.perf_counter()
+        sample(student, prompts, 1, sampler="add", height=config.resolution, width=config.resolution)
+        synchronize(device)
+        result["sample_seconds"] = (time.perf_counter() - start) / sample_images
+    return result
+
+
+def measure_stream(model: str, tiny_vae: str, resolution: int, num_frames: int) -> dict:
+    """One-step img2img stream (t = 499) of ``model`` decoding with ``tiny_vae``: frames per second and peak
+    memory, in half precision on a GPU. Run it in a fresh process too."""
+    from addlib.bench.timing import frames_per_second
+    from addlib.loading import load_pipeline, load_tiny_vae
+    from addlib.shapes import moving_shapes
+    from addlib.stream import StreamDiffusion
+
+    cuda = torch.cuda.is_available()
+    pipe = load_pipeline(model, dtype=torch.float16 if cuda else torch.float32)
+    vae = load_tiny_vae(tiny_vae, device=pipe.device, dtype=pipe.unet.dtype)
+    frames, _ = moving_shapes(num_frames, resolution=resolution, index=3)
+
+    def make():
+        stream = StreamDiffusion(pipe, [2], num_inference_steps=4, vae=vae, height=resolution, width=resolution)
+        stream.prepare("a red ball rolling on a wooden floor")
+        stream(frames[0].to(pipe.device))  # warm-up
+        return lambda frame: stream(frame.to(pipe.device))
+
+    fps, _ = frames_per_second(make, frames, 1, pipe.device)
+    return {"fps": fps, "peak": _peak_memory()}
+
+
+def in_fresh_process(function, *args):
+    """``function(*args)`` in a new Python process (spawned: no state shared with this one), its result back."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        return pool.apply(function, args)
+    finally:  # closed and joined, not terminated: a killed worker would leak its semaphore
+        pool.close()
+        pool.join()
 
 
 def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
@@ -20,7 +126,7 @@ def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
     one-step stream's frames per second with TAESD. Each measurement runs in a fresh process, so each peak is its
     own; the rows are timed round by round (A B C D E, A B C D E), and each row's time relative to the first is
     taken within a round, as the machine's speed drifts between rounds. Returns the training rows."""
-    from addlib.course.rehearsal import build, in_fresh_process, measure_stream, measure_training, memory_option_changes
+    from addlib.course.rehearsal import build
     from addlib.discriminator import DINOV2_ID
 
     cuda = torch.cuda.is_available()

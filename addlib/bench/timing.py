@@ -1,7 +1,8 @@
 """Timing streams and steps: frames per second, the compute bound a stream approaches, and output differences.
 
-The benchmarks (:mod:`addlib.bench`), the rehearsal's measurements (:mod:`addlib.course.rehearsal`) and notebook 07 time
-with these, so a figure in a notebook and the same figure in docs/benchmarks.md come from one clock.
+The benchmarks (:mod:`addlib.bench`, the real-scale measurements of :mod:`addlib.bench.real_scale` among them)
+and notebook 07 time with these, so a figure in a notebook and the same figure in docs/benchmarks.md come from
+one clock.
 """
 
 from __future__ import annotations
@@ -19,6 +20,17 @@ def synchronize(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
     elif device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_sample(pipe, prompts: list[str], *args, **kwargs) -> tuple[torch.Tensor, float]:
+    """:func:`addlib.sampling.sample`'s images for ``prompts`` and the seconds per image they took, the GPU's
+    queued work included: every quality table's time column."""
+    from addlib.sampling import sample
+
+    start = time.perf_counter()
+    images = sample(pipe, prompts, *args, **kwargs)
+    synchronize(pipe.device)
+    return images, (time.perf_counter() - start) / len(prompts)
 
 
 @dataclass
