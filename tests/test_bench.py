@@ -1,8 +1,11 @@
 """The benchmark commands run end to end and print their tables (few prompts: correctness, not figures)."""
 
+import json
+
 import pytest
 
 from addlib import bench
+from addlib.add_trainer import ADDTrainer
 from addlib.train_add import Config, train
 
 
@@ -39,6 +42,22 @@ def test_add_bench_compares_student_teacher_and_ablations(tmp_path, capsys):
     assert [row["steps"] for row in rows[4:7]] == [1, 2, 4]
     for name in ("ADD + LADD student", "LADD student"):
         assert f"\n{name} 1 step: accuracy" in out and f"\n{name} 4 steps: accuracy" in out
+
+
+def test_the_curve_bench_trains_as_train_add_does_and_resumes_exactly(tmp_path, straight_and_resumed, same_tensors):
+    def curve(out, run_dir, resume):
+        argv = ["curve", "--steps", "2", "--every", "1", "--num-images", "8", "--run-dir", str(run_dir)]
+        out.mkdir(exist_ok=True)
+        (out / "rows.json").write_text(json.dumps(bench.main(argv + ["--resume"] * resume)))
+
+    (straight, straight_run), (resumed, _) = straight_and_resumed(curve, ADDTrainer, "step", 2)
+    rows = json.loads((straight / "rows.json").read_text())
+    assert rows == json.loads((resumed / "rows.json").read_text())  # the row scored before the interruption kept
+    assert [row["step"] for row in rows] == [1, 2] and all(0 <= float(row["4 steps: joint acc"]) <= 1 for row in rows)
+    train(Config(steps=2, checkpoint_every=1), tmp_path / "student", tmp_path / "run")
+    assert same_tensors(tmp_path / "run" / "checkpoint.safetensors", straight_run / "checkpoint.safetensors")
+    with pytest.raises(ValueError, match=r"--decay-from must be a step in 0\.\.1, got 2"):
+        bench.main(["curve", "--steps", "2", "--decay-from", "2", "--run-dir", str(tmp_path / "other")])
 
 
 def test_stream_bench_times_every_setup_and_checks_outputs(capsys):

@@ -6,6 +6,7 @@ Run a subcommand from the repository root, e.g.::
     python -m addlib.bench shapes --num-images 1000 --resolutions 32
     python -m addlib.bench teacher                             # quality and speed against sampling steps
     python -m addlib.bench add                                 # the students against the teacher
+    python -m addlib.bench curve --discriminator ladd          # a student's quality every 100 steps of training
     python -m addlib.bench probe                               # what ADD's and LADD's discriminators can see
     python -m addlib.bench heads                               # how well fresh heads tell the student's fakes
     python -m addlib.bench health data/student                 # the discriminator's health in a finished run

@@ -1,5 +1,6 @@
-"""The miniature's quality benchmarks: the shapes renderer's speed, the teacher against its sampling steps, and
-the distilled students against the teacher (notebooks 02, 05 and 08), by prompt accuracy and shapes-FID."""
+"""The miniature's quality benchmarks: the shapes renderer's speed, the teacher against its sampling steps, the
+distilled students against the teacher (notebooks 02, 05 and 08) and a student's quality over its training, by
+prompt accuracy and shapes-FID."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from addlib.bench.tables import (
     verdict,
 )
 from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
-from addlib.shapes import ATTRIBUTES, make_shapes
+from addlib.shapes import ATTRIBUTES, SEEDS, make_shapes
 from addlib.utils.commands import at_least
 
 # Students trained like the shipped one but for one change (docs/benchmarks.md): the loss ablation of ADD's
@@ -180,7 +181,54 @@ def _print_add_targets(rows: list[dict], students: list[str]) -> None:
               f"{verdict(four[0] >= accuracy and four[1] <= fid)}")
 
 
-@torch.no_grad()
+def bench_curve(args: argparse.Namespace) -> list[dict]:
+    """How a student's quality grows over training: ADD with ``--discriminator``'s heads (train_add's recipe,
+    ``--steps`` long), its EMA student scored every ``--every`` steps at one sampling step and four on
+    ``--num-images`` prompts of shapes seed ``--prompts-seed`` (the second prompt set by default: for choosing
+    checkpoints, never the benchmark's). ``--decay-from STEP`` lowers the student's learning rate linearly from
+    its value at STEP to 0 at the last step (a warm-up-stable-decay schedule). The run checkpoints in
+    ``--run-dir`` at every score, its rows with it, so an interrupted curve goes on with ``--resume``; the
+    trainer's step-indexed draws make every row the same as a straight ``train_add`` run's at that step."""
+    from addlib.add_trainer import ADDTrainer, student_pipeline
+    from addlib.evaluators import load_attribute_classifier
+    from addlib.sampling import sample
+    from addlib.train_add import Config
+    from addlib.utils.runs import Run, set_lr
+
+    config = Config(discriminator=args.discriminator, steps=args.steps, checkpoint_every=args.every)
+    if args.decay_from is not None and not 0 <= args.decay_from < config.steps:
+        raise ValueError(f"--decay-from must be a step in 0..{config.steps - 1}, got {args.decay_from}")
+    if not args.resume and (args.run_dir / "checkpoint.json").exists():
+        raise ValueError(f"{args.run_dir} already holds a checkpoint: pass --resume to go on with it, or give "
+                         f"another --run-dir")
+    trainer = ADDTrainer.from_config(config)
+    run = Run(args.run_dir, trainer.modules(), trainer.optimizers(), config, args.resume, step=0, curve=[],
+              decay_from=args.decay_from)
+    if run.state["decay_from"] != args.decay_from:
+        raise ValueError(f"{args.run_dir} was trained with --decay-from {run.state['decay_from']}, not "
+                         f"{args.decay_from}; resume with the same options or give another --run-dir")
+    classifier = load_attribute_classifier()
+    _, prompts, reference = evaluation_set(args.num_images, args.prompts_seed)
+
+    def score_and_checkpoint() -> None:
+        pipe, row = student_pipeline(trainer), {"step": run.state["step"]}
+        for steps in (1, 4):
+            images = sample(pipe, prompts, steps, seed=args.seed, sampler="add")
+            quality = quality_row(images, prompts, reference, classifier)
+            row |= {f"{steps} step{'s' * (steps > 1)}: {name}": quality[name]
+                    for name in ("joint acc", "2+ shapes", "shapes-FID")}
+        run.state["curve"].append(row)
+        run.checkpoint()
+
+    for step in run.steps("step", config.steps, f"{args.discriminator} curve"):
+        if args.decay_from is not None and step >= args.decay_from:
+            set_lr(trainer.student_optimizer, config.lr * (config.steps - step) / (config.steps - args.decay_from))
+        trainer.step(step)
+        run.advance(step, args.every, None, score_and_checkpoint)
+    print(f"the EMA student of `python -m addlib.train_add --discriminator {args.discriminator}` every {args.every} "
+          f"steps, on {args.num_images} prompts of shapes seed {args.prompts_seed}, sampling seed {args.seed}")
+    print_table(run.state["curve"])
+    return run.state["curve"]
 
 
 def _add_evaluation_set(parser: argparse.ArgumentParser) -> None:
@@ -196,7 +244,7 @@ def _add_evaluation_set(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parsers(subcommands) -> None:
-    """The subcommands shapes, teacher and add."""
+    """The subcommands shapes, teacher, add and curve."""
     shapes = subcommands.add_parser("shapes", help="time make_shapes, the captioned-shapes renderer")
     shapes.add_argument("--num-images", type=at_least(1), default=10_000)
     shapes.add_argument("--resolutions", type=at_least(1), nargs="+", default=[32, 64])
@@ -219,3 +267,13 @@ def add_parsers(subcommands) -> None:
     add.add_argument("--teacher-guidance", type=float, default=3.0)
     _add_evaluation_set(add)
     add.set_defaults(run=bench_add)
+
+    curve = subcommands.add_parser("curve", help="a student's quality every few steps of its training")
+    curve.add_argument("--discriminator", default="add", help="train_add's --discriminator (default: %(default)s)")
+    curve.add_argument("--steps", type=at_least(1), default=1000, help="training steps")
+    curve.add_argument("--every", type=at_least(1), default=100, help="score (and checkpoint) every this many steps")
+    curve.add_argument("--decay-from", type=int, default=None, help="decay the student's lr linearly from this step")
+    curve.add_argument("--run-dir", type=Path, default=Path("runs/curve"), help="checkpoints, with the rows")
+    curve.add_argument("--resume", action="store_true", help="go on from the checkpoint in --run-dir")
+    _add_evaluation_set(curve)
+    curve.set_defaults(run=bench_curve, prompts_seed=SEEDS["second_reference"])
