@@ -34,7 +34,7 @@ from addlib.miniature import check_prompts
 from addlib.pipeline import check_image_size, image_size, vae_factor
 from addlib.sampling import sample
 from addlib.utils.commands import OneLineParser, at_least, run_command
-from addlib.utils.errors import check_integer
+from addlib.utils.errors import check_folder, check_integer
 from addlib.utils.runs import step_generator
 
 SETTINGS_FILE = "generation.json"
@@ -147,8 +147,7 @@ def generate(pipe, prompts: list[str], out: str | Path | None = None, *, teacher
     check_image_size("resolution", resolution, factor)
     settings = settings_of(teacher, prompts, num_inference_steps, guidance_scale, seed, resolution)
     out = cache_folder(root, settings) if out is None else Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; generate into a folder (it is made if missing)")
+    check_folder("out", out)
     done = _claim(out, settings)
     shape = (pipe.unet.config.in_channels, resolution // factor, resolution // factor)
     bar = tqdm(total=len(prompts), initial=done, desc="teacher images", unit="image", disable=not progress)

@@ -206,7 +206,7 @@ def _check_sampling(prompts, num_inference_steps, guidance_scale, seed, sampler,
         raise ValueError(f"eta is DDIM's; {sampler} fixes its own noise: use sampler='ddim' with eta={eta}")
     if isinstance(prompts, str) or not prompts:
         raise ValueError(f"prompts must be a non-empty list of strings, got {prompts!r}; for one prompt use [prompt]")
-    if guidance_scale < 1:
+    if not guidance_scale >= 1:  # NaN too
         raise ValueError(f"guidance_scale must be at least 1 (1 = no guidance), got {guidance_scale}; "
                          f"for unconditional images use the prompt \"\"")
     check_integer("num_inference_steps", num_inference_steps, 1)

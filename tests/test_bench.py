@@ -56,6 +56,8 @@ def test_the_curve_bench_trains_as_train_add_does_and_resumes_exactly(tmp_path, 
     assert [row["step"] for row in rows] == [1, 2] and all(0 <= float(row["4 steps: joint acc"]) <= 1 for row in rows)
     train(Config(steps=2, checkpoint_every=1), tmp_path / "student", tmp_path / "run")
     assert same_tensors(tmp_path / "run" / "checkpoint.safetensors", straight_run / "checkpoint.safetensors")
+    with pytest.raises(ValueError, match=r"--run-dir .*README.md is a file; give a folder"):
+        bench.main(["curve", "--steps", "2", "--run-dir", "README.md"])
     with pytest.raises(ValueError, match=r"--decay-from must be a step in 0\.\.1, got 2"):
         bench.main(["curve", "--steps", "2", "--decay-from", "2", "--run-dir", str(tmp_path / "other")])
 

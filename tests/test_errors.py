@@ -9,7 +9,7 @@ import torch
 from addlib import bench, train_add
 from addlib.course import exercises, rehearsal, train_evaluators, train_teacher, train_tiny_vae
 from addlib.train_add import Config
-from addlib.utils.commands import check_config, run_command
+from addlib.utils.commands import run_command
 from addlib.utils.errors import check_images, resolve_device
 
 
@@ -33,15 +33,15 @@ from addlib.utils.errors import check_images, resolve_device
     (dict(teacher_guidance_scale=0.5), r"^teacher_guidance_scale must be at least 1 \(1 = no guidance\), got 0.5$"),
     (dict(mixed_precision="fp32"), r"^mixed_precision must be one of no, fp16, bf16, got 'fp32'$"),
 ])
-def test_add_config_refuses_what_no_run_can_use(change, message):
+def test_add_config_refuses_what_no_run_can_use_as_it_is_built(change, message):
     with pytest.raises(ValueError, match=message):
-        Config(**change).check()
+        Config(**change)
 
 
 def test_fp16_is_refused_without_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="mixed_precision 'fp16' needs a CUDA GPU and torch sees none"):
-        Config(mixed_precision="fp16").check()
+        Config(mixed_precision="fp16")
 
 
 @pytest.mark.parametrize("module, change, message", [
@@ -49,10 +49,11 @@ def test_fp16_is_refused_without_cuda(monkeypatch):
     (train_teacher, dict(uncond_prob=-0.1), "uncond_prob"),
     (train_tiny_vae, dict(warmup_steps=-1), r"warmup_steps \(--warmup-steps\) must be at least 0"),
     (train_evaluators, dict(vit_lr=0.0), "vit_lr"),
+    (train_teacher, dict(resolution=30), "resolution 30 is not a positive multiple of the VAE's downsampling factor 4"),
 ])
-def test_every_trainer_checks_its_config(module, change, message):
+def test_every_trainer_checks_its_config_as_it_is_built(module, change, message):
     with pytest.raises(ValueError, match=message):
-        check_config(module.Config(**change))
+        module.Config(**change)
 
 
 @pytest.mark.parametrize("main, argv, message", [
@@ -66,6 +67,8 @@ def test_every_trainer_checks_its_config(module, change, message):
     (bench.main, ["stream", "--repeats", "x"], "argument --repeats: must be an integer of at least 1, got 'x'"),
     (exercises.main, ["--execute", "README.md"], "not a notebook: README.md; name a solution notebook"),
     (rehearsal.main, ["--out", "README.md"], "--out README.md is a file; give a folder"),
+    (train_add.main, ["--run-dir", "README.md"], "--run-dir README.md is a file; give a folder"),
+    (train_evaluators.main, ["--out", "README.md"], "--out README.md is a file; give a folder"),
 ])
 def test_command_line_errors_are_one_line(main, argv, message, capsys):
     with pytest.raises(SystemExit) as exit:

@@ -132,7 +132,7 @@ def test_a_binary_prompt_file_and_a_file_for_a_folder_are_refused_in_one_line(tm
     with pytest.raises(ValueError, match="prompt file .*prompts.bin is not UTF-8 text; write one prompt per line"):
         read_prompts(tmp_path / "prompts.bin")
     (tmp_path / "taken").write_text("")
-    with pytest.raises(ValueError, match="taken is a file; generate into a folder"):
+    with pytest.raises(ValueError, match="out .*taken is a file; give a folder"):
         generate(teacher, ["a red circle"], tmp_path / "taken", **SETTINGS)
 
 

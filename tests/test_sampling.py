@@ -210,6 +210,7 @@ def test_sample_sizes(pipe):
         (dict(sampler="euler"), r"^unknown sampler 'euler'; choose one of ddim, ddpm, add$"),
         (dict(sampler="ddpm", eta=0.5), r"^eta is DDIM's"),
         (dict(guidance_scale=0.5), r"^guidance_scale must be at least 1 \(1 = no guidance\), got 0.5"),
+        (dict(guidance_scale=float("nan")), r"^guidance_scale must be at least 1 \(1 = no guidance\), got nan"),
         (dict(prompts=["a pink circle"]), r"pink"),
         (dict(prompts="a red circle"), r"^prompts must be a non-empty list of strings, got 'a red circle'"),
         (dict(latents=torch.zeros(3, 4, 4, 4)), r"^latents must have shape \(3, 4, 8, 8\) for 3 prompts of 32x32"),
@@ -220,7 +221,7 @@ def test_sample_sizes(pipe):
         (dict(batch_size=0), r"^batch_size must be an integer of at least 1, got 0$"),
         (dict(prompts=[None]), r"^prompts must be strings, got None among them"),
     ],
-    ids=["height", "width", "sampler", "ddpm-eta", "guidance", "unknown-word", "str-prompt", "latents", "nan-latents",
+    ids=["height", "width", "sampler", "ddpm-eta", "guidance", "nan-guidance", "unknown-word", "str-prompt", "latents", "nan-latents",
          "fractional-steps", "zero-steps", "seed-list", "batch-size", "none-prompt"],
 )
 def test_sample_bad_input_gives_one_line_errors(pipe, kwargs, match):

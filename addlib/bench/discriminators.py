@@ -93,10 +93,10 @@ def bench_heads(args: argparse.Namespace) -> list[dict]:
     """Fresh discriminators, one per setting of :data:`addlib.probe.HEADS_SWEEP` (a change from the shipped
     recipe), each trained alone to tell real shapes from the student's one-step fakes of their captions, and
     scored on held-out images (shapes seed ``held_out``): how much each discriminator can see."""
+    from addlib.add_trainer import make_discriminator
     from addlib.loading import load_pipeline
     from addlib.probe import HEADS_SWEEP, heads_probe
     from addlib.shapes import SEEDS
-    from addlib.add_trainer import make_discriminator
     from addlib.train_add import Config
 
     unknown = [name for name in args.settings if name not in HEADS_SWEEP]

@@ -12,7 +12,6 @@ from addlib.bench.evaluation import CLIP_MODEL
 from addlib.bench.tables import print_table
 from addlib.utils.commands import at_least
 
-
 # What a small card adds, one option after another (notebook 06's table): each row keeps the ones above it.
 MEMORY_OPTIONS = ("none", "half precision", "+ LoRA", "+ gradient checkpointing", "+ TAESD")
 
@@ -48,9 +47,9 @@ def measure_training(changes: dict, steps: int, sample_images: int = 0, count_fl
 
     from accelerate import Accelerator
 
+    from addlib.add_trainer import ADDTrainer, student_pipeline
     from addlib.bench.timing import synchronize
     from addlib.sampling import sample
-    from addlib.add_trainer import ADDTrainer, student_pipeline
     from addlib.train_add import Config
 
     config = Config.stable_diffusion(**changes)

@@ -28,6 +28,7 @@ import torch
 
 from addlib.loading import DATA_DIR, pipeline_class, quiet_diffusers, save_pipeline
 from addlib.utils.commands import OneLineParser, run_command
+from addlib.utils.errors import check_folder
 
 REHEARSAL_DIR = DATA_DIR / "rehearsal"
 CLIP_BPE_DIR = REHEARSAL_DIR / "clip-bpe"
@@ -150,8 +151,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16", help="of pipeline weights")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        parser.error(f"--out {args.out} is a file; give a folder (it is made if missing)")
+    try:
+        check_folder("--out", args.out)
+    except ValueError as error:
+        parser.error(str(error))
     for model_id in args.models:
         folder = build(model_id, args.out, args.seed, getattr(torch, args.dtype))
         size = sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())

@@ -50,6 +50,7 @@ from addlib.shapes import (  # the world's own renderer draws what is not of the
     make_shapes,
 )
 from addlib.utils.commands import OneLineParser, TrainingConfig, add_config_options, run_command
+from addlib.utils.errors import check_folder
 from addlib.utils.runs import Run, lr_at, set_lr, step_generator
 
 NETWORKS = {"classifier": AttributeClassifier, "vit": TinyViT}  # trained in this order by --which both
@@ -290,6 +291,8 @@ def main(argv: list[str] | None = None) -> None:
         args |= {"classifier_steps": steps, "reject_steps": steps, "vit_steps": steps}
     try:
         config = Config(**args)  # checked as it is built
+        check_folder("--out", out)
+        check_folder("--run-dir", run_dir)
     except ValueError as error:
         parser.error(str(error))
     names = list(NETWORKS) if which == "both" else [which]

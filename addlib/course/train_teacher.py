@@ -32,8 +32,8 @@ import torch.nn.functional as F
 from addlib.evaluators import load_feature_network
 from addlib.forward_process import add_noise, get_velocity
 from addlib.loading import TEACHER_DIR, save_pipeline
-from addlib.miniature import build_pipeline
-from addlib.pipeline import encode_latents, encode_prompts, posterior_sample
+from addlib.miniature import VAE_CONFIG, build_pipeline
+from addlib.pipeline import check_image_size, encode_latents, encode_prompts, posterior_sample
 from addlib.shapes import SEEDS, make_shapes
 from addlib.utils.commands import OneLineParser, TrainingConfig, parse_run_arguments, run_command
 from addlib.utils.runs import Run, ema_update, lr_at, set_lr, step_generator
@@ -59,6 +59,11 @@ class Config(TrainingConfig):
     ema_decay: float = 0.999  # of the UNet's weights; the EMA is what gets exported
     grad_clip: float = 1.0  # the UNet's gradient norm is clipped to this
     checkpoint_every: int = 500  # steps between checkpoints in --run-dir (a run resumes from the last)
+
+    def check(self) -> None:
+        """The miniature VAE halves the image once per block but the last: a side it cannot take back is refused
+        before any training."""
+        check_image_size("resolution", self.resolution, 2 ** (len(VAE_CONFIG["block_out_channels"]) - 1))
 
 
 PERCEPTUAL_LAYERS = (1, 3, 5)

@@ -22,6 +22,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from addlib.utils.errors import check_folder
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 
@@ -182,6 +184,8 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
     args.pop("preset", None)
     try:
         config = config_class(**args)  # a TrainingConfig checks itself as it is built
+        check_folder("--out", out)
+        check_folder("--run-dir", run_dir)
     except ValueError as error:
         parser.error(str(error))
     # An option set on the command line to a value this run never reads is refused; left at its default it is

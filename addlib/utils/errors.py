@@ -18,6 +18,13 @@ def check_integer(name: str, value, lowest: int) -> None:
         raise ValueError(f"{name} must be an integer of at least {lowest}, got {value!r}")
 
 
+def check_folder(name: str, path) -> None:
+    """``path`` must be a folder or not exist yet (it is made): a file there would fail only when the first
+    thing is written, perhaps hours into a run."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{name} {path} is a file; give a folder (it is made if missing)")
+
+
 def check_finite(name: str, tensor: torch.Tensor) -> None:
     """NaN or infinity in an input would flow through every network and come out as NaN, silently."""
     if not torch.isfinite(tensor).all():
