@@ -66,6 +66,7 @@ def test_every_trainer_checks_its_config_as_it_is_built(module, change, message)
     (bench.main, ["stream", "--num-frames", "0"], "argument --num-frames: must be an integer of at least 1"),
     (bench.main, ["stream", "--repeats", "x"], "argument --repeats: must be an integer of at least 1, got 'x'"),
     (exercises.main, ["--execute", "README.md"], "not a notebook: README.md; name a solution notebook"),
+    (exercises.main, ["--execute", "tests/nbval_sanitize.cfg"], "not a notebook: tests/nbval_sanitize.cfg"),
     (rehearsal.main, ["--out", "README.md"], "--out README.md is a file; give a folder"),
     (train_add.main, ["--run-dir", "README.md"], "--run-dir README.md is a file; give a folder"),
     (train_evaluators.main, ["--out", "README.md"], "--out README.md is a file; give a folder"),
@@ -75,6 +76,14 @@ def test_command_line_errors_are_one_line(main, argv, message, capsys):
         main(argv)
     err = capsys.readouterr().err
     assert exit.value.code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_a_malformed_notebook_is_refused_before_any_notebook_runs(tmp_path, capsys):
+    (tmp_path / "bad.ipynb").write_text("{not json")
+    with pytest.raises(SystemExit) as exit:  # 01 would run for a minute if it were not refused first
+        exercises.main(["--execute", "solutions/01_forward_process.ipynb", str(tmp_path / "bad.ipynb")])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "bad.ipynb is not a notebook nbformat can read" in err and err.count("\n") == 1
 
 
 def test_run_command_prints_the_library_s_own_errors_as_one_line_and_keeps_tracebacks_for_bugs(capsys):

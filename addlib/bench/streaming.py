@@ -30,11 +30,9 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     from addlib.shapes import moving_shapes
     from addlib.stream import StreamDiffusion, diffusers_img2img, where_paths_part
 
-    if args.num_frames < len(args.t_index_list):  # Stream Batch's outputs lag its inputs by len - 1 frames
-        raise ValueError(f"--num-frames {args.num_frames} leaves no output of the {len(args.t_index_list)}-step "
-                         f"stream to compare; stream at least {len(args.t_index_list)} frames")
     torch.manual_seed(0)
     pipe = load_pipeline(args.model, dtype=getattr(torch, args.dtype))
+    _check_stream_options(args, pipe)
     moving, _ = moving_shapes(args.num_frames, resolution=args.resolution, index=args.scene)
     static, _ = moving_shapes(args.num_frames, resolution=args.resolution, index=args.scene, hold=args.hold)
     one, many = [args.t_index], args.t_index_list
@@ -82,6 +80,18 @@ def bench_stream(args: argparse.Namespace) -> list[dict]:
     stages = where_paths_part(pipe, moving[0], args.prompt, one, seed=args.seed) if args.stages else None
     _print_stream_table(args, rows, skipped, pipe.device, pipe.unet.dtype, stages)
     return rows
+
+
+def _check_stream_options(args: argparse.Namespace, pipe) -> None:
+    """Refuse, in one line, options no setup of the bench can run, before any is timed."""
+    from addlib.pipeline import check_image_size, vae_factor
+    from addlib.stream import SimilarityFilter
+
+    if args.num_frames < len(args.t_index_list):  # Stream Batch's outputs lag its inputs by len - 1 frames
+        raise ValueError(f"--num-frames {args.num_frames} leaves no output of the {len(args.t_index_list)}-step "
+                         f"stream to compare; stream at least {len(args.t_index_list)} frames")
+    check_image_size("--resolution", args.resolution, vae_factor(pipe.vae))
+    SimilarityFilter(args.threshold, args.max_skip_frame)  # the filter's own checks of its options
 
 
 def _stream_maker(pipe, args: argparse.Namespace, first_frame: torch.Tensor, built: list, t_index_list: list[int],

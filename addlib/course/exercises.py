@@ -246,10 +246,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-run these solution notebooks (outputs stored) before regenerating")
     parser.add_argument("--root", type=Path, default=REPO_ROOT, help="the course repository (default: %(default)s)")
     args = parser.parse_args(argv)
-    for path in args.execute:
+    for path in args.execute:  # every one checked before the first runs, minutes long
         if not path.is_file() or path.suffix != ".ipynb":
             parser.error(f"{'no notebook' if not path.is_file() else 'not a notebook:'} {path}; name a solution "
                          f"notebook, e.g. solutions/01_forward_process.ipynb")
+        try:  # a malformed file fails nbformat in many ways: its JSON, its encoding, its version converters
+            nbformat.read(path, as_version=4)
+        except Exception as error:  # noqa: BLE001
+            parser.error(f"{path} is not a notebook nbformat can read ({str(error).splitlines()[0][:80]}); name a "
+                         f"solution notebook, e.g. solutions/01_forward_process.ipynb")
     for path in args.execute:
         print(f"executing {path} ...", flush=True)
         execute(path)
