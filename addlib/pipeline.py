@@ -15,6 +15,7 @@ import torch
 from addlib.forward_process import predict_x0_and_epsilon
 from addlib.loading import to_model
 from addlib.miniature import check_prompts
+from addlib.utils.errors import check_images
 
 
 def text_encoder_output(pipe, prompts: list[str]):
@@ -84,6 +85,7 @@ def encode_latents(vae, images: torch.Tensor, generator: torch.Generator | None 
     """Images (B, 3, H, W) in [-1, 1] to the scaled latents the UNet works in: a draw from the VAE's posterior
     with ``generator`` (:func:`posterior_sample`, as diffusers' img2img and training encode), its mean without
     one, or a tiny VAE's deterministic code. The latents come back on the VAE's device, in its dtype."""
+    check_images("images", images)
     encoded = vae.encode(to_model(images, vae))
     if hasattr(encoded, "latents"):  # AutoencoderTiny
         latents = encoded.latents
@@ -100,6 +102,9 @@ def decode_latents(pipe, latents: torch.Tensor, vae=None) -> torch.Tensor:
     The images come back on the VAE's device, in its dtype.
     """
     vae = pipe.vae if vae is None else vae
+    if latents.ndim != 4 or latents.shape[1] != vae.config.latent_channels:
+        raise ValueError(f"latents must have shape (B, {vae.config.latent_channels}, h, w) for this VAE, got "
+                         f"{tuple(latents.shape)}")
     return vae.decode(to_model(latents, vae) / vae.config.scaling_factor).sample
 
 

@@ -411,6 +411,8 @@ def parse_caption(text: str) -> dict[str, str]:
     one-line ValueError naming the offending word and the valid choices for unknown words, background-only
     colours used for the shape, attributes named twice and incomplete positions ("top" without "left").
     """
+    if not isinstance(text, str):
+        raise TypeError(f"a caption must be a string, got {text!r}")
     words = text.strip().lower().removesuffix(".").split()
     neighbourhoods = list(zip([None, *words], words, [*words[1:], None]))  # (previous, word, following)
     for previous, word, following in neighbourhoods:

@@ -62,6 +62,16 @@ def test_the_curve_bench_trains_as_train_add_does_and_resumes_exactly(tmp_path, 
         bench.main(["curve", "--steps", "2", "--decay-from", "2", "--run-dir", str(tmp_path / "other")])
 
 
+def test_the_stream_and_quality_benches_refuse_bad_options_before_any_work():
+    with pytest.raises(ValueError, match=r"^--resolution 30 is not a positive multiple of the VAE's"):
+        bench.main(["stream", "--resolution", "30"])
+    with pytest.raises(ValueError, match=r"^threshold eta must be in \[0, 1\), got 2.0$"):
+        bench.main(["stream", "--threshold", "2"])
+    with pytest.raises(FileNotFoundError, match=r"^no Inception weights file at missing.pth"):
+        bench.main(["quality", "--student", "data/student", "--reference", "data", "--inception-weights",
+                    "missing.pth"])
+
+
 def test_stream_bench_times_every_setup_and_checks_outputs(capsys):
     rows = bench.main(["stream", "--num-frames", "6", "--repeats", "1", "--hold", "3"])
     out = capsys.readouterr().out

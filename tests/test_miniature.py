@@ -5,6 +5,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from addlib.miniature import MAX_PROMPT_TOKENS, build_pipeline, build_tokenizer, check_prompts, learn_bpe
+from addlib.pipeline import decode_latents, encode_latents
 from addlib.shapes import VOCABULARY, make_shapes
 
 
@@ -33,6 +34,16 @@ def test_pipeline_parts_and_latent_shape():
         latents = pipe.vae.encode(images).latent_dist.mean
     assert latents.shape == (2, 4, 8, 8)
     assert pipe.unet.config.sample_size == 8 and pipe.scheduler.config.prediction_type == "v_prediction"
+
+
+def test_the_pipeline_steps_refuse_what_the_vae_cannot_take():
+    pipe, images = build_pipeline(), make_shapes(2)[0]
+    with pytest.raises(ValueError, match=r"^images must lie in \[-1, 1\], got values from"):
+        encode_latents(pipe.vae, images * 127.5 + 127.5)
+    with pytest.raises(ValueError, match=r"^images must have shape \(N, 3, H, W\)"):
+        encode_latents(pipe.vae, images[0])
+    with pytest.raises(ValueError, match=r"^latents must have shape \(B, 4, h, w\) for this VAE, got \(2, 3, 8, 8\)$"):
+        decode_latents(pipe, torch.zeros(2, 3, 8, 8))
 
 
 def test_check_prompts():

@@ -241,6 +241,11 @@ def test_caption_errors_name_the_offending_word(text, match):
     assert "\n" not in str(error.value)
 
 
+def test_a_caption_that_is_not_a_string_is_refused():
+    with pytest.raises(TypeError, match=r"^a caption must be a string, got 3$"):
+        parse_caption(3)
+
+
 # --- Argument errors -------------------------------------------------------------------------------------------
 
 

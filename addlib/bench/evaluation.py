@@ -86,12 +86,21 @@ def clip_score(images: torch.Tensor, prompts: list[str], model, processor, batch
     return torch.cat(scores).mean().item()
 
 
+def check_inception_weights(path: str | None) -> None:
+    """A weights file named for FID must be there: one that is not would otherwise skip FID, as an unreachable
+    download does, after everything else has run."""
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"no Inception weights file at {path}; give the .pth file torch-fidelity downloads, "
+                                f"or leave it out to fetch it")
+
+
 def frechet_distances(clip=None, inception_weights: str | None = None) -> tuple[dict, dict[str, str]]:
     """torchmetrics' Frechet distances that can run here, each told its reference set once (``update(x, real=
     True)``) and keeping it across ``reset()``: ``"FD_CLIP"`` with ``clip`` (a ``(model, processor)``) and ``"FID"``
     with Inception (weights from ``inception_weights`` or GitHub). Returns them and, for each one skipped, why."""
     from torchmetrics.image.fid import FrechetInceptionDistance
 
+    check_inception_weights(inception_weights)
     metrics, skipped = {}, {}
     if clip is not None:
         metrics["FD_CLIP"] = FrechetInceptionDistance(feature=CLIPImageFeatures(*clip), reset_real_features=False)

@@ -168,7 +168,7 @@ def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
 def bench_quality(args: argparse.Namespace) -> list[dict]:
     """A real-scale student against its teacher (:func:`addlib.bench.evaluation.evaluate`): CLIP score, FD_CLIP and FID
     on held-out prompts, against a folder of reference images, with seconds per image. Returns the rows."""
-    from addlib.bench.evaluation import evaluate
+    from addlib.bench.evaluation import check_inception_weights, evaluate
     from addlib.course.rehearsal import random_weights
     from addlib.datasets import image_sequence
     from addlib.generate import read_prompts
@@ -178,6 +178,7 @@ def bench_quality(args: argparse.Namespace) -> list[dict]:
     if not Path(args.clip_model).exists() and not is_hub_id(args.clip_model):  # a mistyped folder, not a hub id
         raise ValueError(f"--clip-model {args.clip_model}: no such folder, and not a hub id; give a CLIP folder "
                          f"(python -m addlib.course.rehearsal builds one) or a hub id such as {CLIP_MODEL}")
+    check_inception_weights(args.inception_weights)
     teacher, student = load_pipeline(args.teacher), load_pipeline(args.student)
     resolution = args.resolution or image_size(teacher)
     prompts = read_prompts(args.prompts)[:args.num_prompts]
