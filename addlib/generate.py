@@ -138,9 +138,9 @@ def generate(pipe, prompts: list[str], out: str | Path | None = None, *, teacher
         raise TypeError(f"prompts must be a list of prompts, got the string {prompts!r}; pass [{prompts!r}]")
     check_integer("num_inference_steps", num_inference_steps, 1)
     check_integer("batch_size", batch_size, 1)
-    if not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number (1 for none, the course uses 3), got "
-                         f"{guidance_scale}")
+    if not 1 <= guidance_scale < math.inf:  # NaN too: sample's own check would come after the folder is made
+        raise ValueError(f"guidance_scale must be a finite number of at least 1 (1 for none, the course uses 3), "
+                         f"got {guidance_scale}")
     check_prompts(pipe.tokenizer, prompts)  # every prompt, before the first image
     factor = vae_factor(pipe.vae)
     resolution = image_size(pipe) if resolution is None else resolution

@@ -108,6 +108,7 @@ def test_a_prompt_longer_than_the_tokenizer_allows_is_refused_before_any_image()
 @pytest.mark.parametrize("prompts, change, message", [
     ("a red circle", {}, r"prompts must be a list of prompts, got the string 'a red circle'; pass \['a red circle'\]"),
     (["a red circle"], {"guidance_scale": float("nan")}, "guidance_scale must be a finite number .* got nan"),
+    (["a red circle"], {"guidance_scale": 0.5}, "guidance_scale must be a finite number of at least 1 .* got 0.5"),
     (["a red circle"], {"resolution": 30}, "resolution 30 is not a positive multiple of the VAE's downsampling"),
     (["a red circle"], {"resolution": 0}, "resolution 0 is not a positive multiple"),
 ])
