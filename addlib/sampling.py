@@ -197,7 +197,6 @@ def _denoiser_output(pipe, latents: torch.Tensor, timestep: torch.Tensor, cond: 
     return classifier_free_guidance(*both.chunk(2), guidance_scale)
 
 
-@torch.no_grad()
 def _check_sampling(prompts, num_inference_steps, guidance_scale, seed, sampler, eta, batch_size) -> None:
     """Refuse, in one line, what :func:`sample` cannot run, before anything is drawn or loaded."""
     if sampler not in SAMPLERS:
@@ -214,6 +213,7 @@ def _check_sampling(prompts, num_inference_steps, guidance_scale, seed, sampler,
     check_integer("batch_size", batch_size, 1)
 
 
+@torch.no_grad()
 def sample(pipe, prompts: list[str], num_inference_steps: int = 25, guidance_scale: float = 1.0, seed: int = 0,
            sampler: str = "ddim", eta: float = 0.0, height: int | None = None, width: int | None = None,
            batch_size: int = 256, latents: torch.Tensor | None = None, progress: bool = False) -> torch.Tensor:

@@ -165,6 +165,13 @@ def test_encode_prompts_matches_the_pipeline(pipe):
         torch.testing.assert_close(encode_prompts(pipe, PROMPTS), expected)
 
 
+def test_sample_keeps_no_graph(pipe):
+    """Sampling builds no autograd graph: with one, 512 prompts take gigabytes, and a training loop's loss would
+    reach back into the images."""
+    assert pipe.unet.dtype == torch.float32 and any(p.requires_grad for p in pipe.unet.parameters())
+    assert not sample(pipe, ["a red circle"], 1).requires_grad
+
+
 @pytest.mark.parametrize("guidance_scale", [1.0, 3.0])
 def test_sample_matches_the_pipeline(pipe, guidance_scale):
     latents = initial_latents(5, len(PROMPTS))
