@@ -36,6 +36,11 @@ STUDENT_DIR = DATA_DIR / "student"  # the student: python -m addlib.train_add --
 LADD_STUDENT_DIR = DATA_DIR / "ladd_student"  # LADD's heads alone: python -m addlib.train_add --discriminator ladd
 TINY_VAE_DIR = DATA_DIR / "tiny_vae"  # the miniature's TAESD, python -m addlib.course.train_tiny_vae
 HEALTH_DIR = DATA_DIR / "health"  # loss logs of short ADD runs that show a GAN's health (notebook 05)
+# The hub's Stable Diffusion models the course names (notebook 06); the rehearsal builds each from its configs.
+SD_TURBO_ID = "stabilityai/sd-turbo"  # ADD's own student of SD 2.1
+SD21_BASE_ID = "stabilityai/stable-diffusion-2-1-base"  # its teacher, at 512 pixels
+BK_SDM_TINY_ID = "nota-ai/bk-sdm-tiny"  # a small SD 1.x: notebook 06's teacher
+TAESD_ID = "madebyollin/taesd"  # TAESD, the tiny VAE for SD 1.x and 2.x latents
 REBUILD = {TEACHER_DIR: "python -m addlib.course.train_teacher",
            STUDENT_DIR: "python -m addlib.train_add --discriminator add+ladd",
            LADD_STUDENT_DIR: f"python -m addlib.train_add --discriminator ladd --out {LADD_STUDENT_DIR}",

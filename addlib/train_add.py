@@ -27,7 +27,7 @@ from addlib.add_trainer import ADDTrainer, student_pipeline
 from addlib.discriminator import DINOV2_ID, check_heads
 from addlib.distillation import WEIGHTINGS
 from addlib.latent_discriminator import T_MEAN, T_STD, check_logit_normal
-from addlib.loading import STUDENT_DIR, quiet_diffusers, save_pipeline
+from addlib.loading import BK_SDM_TINY_ID, STUDENT_DIR, quiet_diffusers, save_pipeline
 from addlib.shapes import SEEDS
 from addlib.utils.commands import OneLineParser, TrainingConfig, parse_run_arguments, run_command
 from addlib.utils.runs import Run
@@ -163,7 +163,7 @@ class Config(TrainingConfig):
 # tiny_vae, mixed_precision) are not part of the method: notebook 06 adds what a small card needs.
 DINOV2_TOKENS = 1 + (224 // 14) ** 2  # CLS + 16 x 16 patches: what each head reads of DINOv2-S at 224 pixels
 STABLE_DIFFUSION = dict(
-    teacher="nota-ai/bk-sdm-tiny",  # a small SD 1.x; the paper's is SD 2.1 (stabilityai/stable-diffusion-2-1-base)
+    teacher=BK_SDM_TINY_ID,  # a small SD 1.x; the paper's is SD 2.1 (SD21_BASE_ID)
     dataset="teacher",  # LADD's: the teacher's own images, so a learner needs no captioned image set
     prompts="everyday",  # the course's 250 everyday prompts (data/prompts/everyday.txt), one image each
     resolution=512,  # SD's own

@@ -10,6 +10,7 @@ import torch
 
 from addlib.bench.evaluation import CLIP_MODEL
 from addlib.bench.tables import print_table
+from addlib.loading import BK_SDM_TINY_ID, SD21_BASE_ID, SD_TURBO_ID, TAESD_ID
 from addlib.utils.commands import at_least
 
 # What a small card adds, one option after another (notebook 06's table): each row keeps the ones above it.
@@ -129,10 +130,10 @@ def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
     from addlib.discriminator import DINOV2_ID
 
     cuda = torch.cuda.is_available()
-    teacher = args.teacher or ("stabilityai/stable-diffusion-2-1-base" if cuda else "nota-ai/bk-sdm-tiny")
+    teacher = args.teacher or (SD21_BASE_ID if cuda else BK_SDM_TINY_ID)
     resolution, batch_size = args.resolution or (512 if cuda else 64), args.batch_size or (4 if cuda else 1)
     steps = args.steps or (3 if cuda else 1)
-    dinov2, taesd = DINOV2_ID, "madebyollin/taesd"
+    dinov2, taesd = DINOV2_ID, TAESD_ID
     folders = {model: str(build(model, args.out)) for model in (teacher, dinov2, taesd, args.stream_model)}
     base = dict(teacher=folders[teacher], feature_network=folders[dinov2], resolution=resolution,
                 batch_size=batch_size, dataset="shapes")  # any images cost the same; generating them is not timed
@@ -206,7 +207,7 @@ def add_parsers(subcommands) -> None:
     rehearsal = subcommands.add_parser("rehearsal", help="ADD and streaming on the hub architectures, random weights")
     rehearsal.add_argument("--teacher", help="hub id of the teacher's architecture (default: SD 2.1-base on CUDA, "
                                              "BK-SDM-Tiny on a CPU)")
-    rehearsal.add_argument("--stream-model", default="stabilityai/sd-turbo", help="hub id of the streamed model")
+    rehearsal.add_argument("--stream-model", default=SD_TURBO_ID, help="hub id of the streamed model")
     rehearsal.add_argument("--resolution", type=at_least(8), help="default: 512 on CUDA, 64 on a CPU")
     rehearsal.add_argument("--batch-size", type=at_least(1), help="default: 4 on CUDA, 1 on a CPU")
     rehearsal.add_argument("--steps", type=at_least(1), help="timed steps per row (default: 3 on CUDA, 1 on a CPU)")
@@ -220,7 +221,7 @@ def add_parsers(subcommands) -> None:
     rehearsal.set_defaults(run=bench_rehearsal)
 
     quality = subcommands.add_parser("quality", help="CLIP score and FID of a real-scale student and its teacher")
-    quality.add_argument("--teacher", default="nota-ai/bk-sdm-tiny", help="pipeline folder or hub id")
+    quality.add_argument("--teacher", default=BK_SDM_TINY_ID, help="pipeline folder or hub id")
     quality.add_argument("--student", required=True, help="pipeline folder of the distilled student")
     quality.add_argument("--reference", required=True, type=Path,
                          help="a folder of reference images for FID, e.g. the teacher's generated training data")

@@ -26,7 +26,17 @@ from pathlib import Path
 
 import torch
 
-from addlib.loading import DATA_DIR, pipeline_class, quiet_diffusers, save_pipeline
+from addlib.discriminator import DINOV2_ID
+from addlib.loading import (
+    BK_SDM_TINY_ID,
+    DATA_DIR,
+    SD21_BASE_ID,
+    SD_TURBO_ID,
+    TAESD_ID,
+    pipeline_class,
+    quiet_diffusers,
+    save_pipeline,
+)
 from addlib.utils.commands import OneLineParser, run_command
 from addlib.utils.errors import check_folder
 
@@ -35,11 +45,11 @@ CLIP_BPE_DIR = REHEARSAL_DIR / "clip-bpe"
 OUT_DIR = Path("runs/rehearsal")
 # Each hub id the course names, and what it is.
 MODELS = {
-    "stabilityai/sd-turbo": "pipeline",  # ADD's own student of SD 2.1: notebook 06's student and stream
-    "stabilityai/stable-diffusion-2-1-base": "pipeline",  # its teacher, at 512 pixels
-    "nota-ai/bk-sdm-tiny": "pipeline",  # a small SD 1.x (a UNet without its lowest stage): notebook 06's teacher
-    "facebook/dinov2-small": "dinov2",  # ViT-S/14, ADD's discriminator features
-    "madebyollin/taesd": "tiny_vae",  # TAESD, the tiny VAE for SD 1.x and 2.x latents
+    SD_TURBO_ID: "pipeline",  # ADD's own student of SD 2.1: notebook 06's student and stream
+    SD21_BASE_ID: "pipeline",  # its teacher, at 512 pixels
+    BK_SDM_TINY_ID: "pipeline",  # a small SD 1.x (a UNet without its lowest stage): notebook 06's teacher
+    DINOV2_ID: "dinov2",  # ViT-S/14, ADD's discriminator features
+    TAESD_ID: "tiny_vae",  # TAESD, the tiny VAE for SD 1.x and 2.x latents
     "laion/CLIP-ViT-g-14-laion2B-s12B-b42K": "clip",  # the ADD paper's CLIP score model (1.4B parameters)
     "openai/clip-vit-base-patch32": "clip",  # a small CLIP, for the CLIP metrics on a CPU
 }
