@@ -31,7 +31,7 @@ epsilon-predicting UNet cannot give x0 at zero SNR at all (it divides by alpha_s
 student trains on z_999 = 0.068 z0 + 0.998 eps, a trace of the image that pure noise at sampling time lacks,
 and its x0 = (z_999 - 0.998 eps_theta) / 0.068 multiplies its noise error by 15. Both are small next to the
 alternative, a student rescaled to zero terminal SNR and v-prediction (Lin et al., 2024) that would start from
-an UNet trained for other outputs. ``STABLE_DIFFUSION`` holds the paper's settings for such a teacher.
+an UNet trained for other outputs. ``addlib.train_add.STABLE_DIFFUSION`` holds the paper's settings for such a teacher.
 
 Every random number of step ``s`` on process ``p`` comes from a generator seeded with ``(seed, s, p)`` and the
 images are ``make_shapes(..., start=(s * processes + p) * batch_size)``, so a resumed run repeats exactly what
@@ -86,7 +86,7 @@ class ADDTrainer:
     """ADD's models, optimisers and one training step, built from its parts: the ``teacher`` pipeline (frozen
     here), the ``discriminator``, the training ``dataset`` (None: the shapes world) and the ``decoder`` of the
     student's latents (None: the teacher's VAE). :meth:`from_config` builds the parts a configuration names;
-    :func:`train` adds the loop, checkpoints and export."""
+    :func:`addlib.train_add.train` adds the loop, checkpoints and export."""
 
     def __init__(self, config: Config, teacher, discriminator: Discriminator, accelerator: Accelerator | None = None,
                  dataset=None, decoder=None):

@@ -79,9 +79,9 @@ class AttributeClassifier(_AttributeReader):
     Three conv stages (32 -> 16 -> 8 -> 4 pixels) into a ``feature_dim`` penultimate layer: :meth:`features`,
     shapes-FID's feature space. One linear head per attribute reads it. Those heads are closed-world: any blob
     gets the likeliest of circle, square and triangle. So a second, smaller CNN, ``reject``, trained on real
-    images against :func:`~addlib.course.train_evaluators.make_malformed`'s stars, crosses, blobs, pairs and smudges, gives the
-    logit that an image holds none of the world's shapes (:meth:`rejects`). It shares nothing with the feature
-    network, so it changes no shapes-FID.
+    images against :func:`~addlib.course.train_evaluators.make_malformed`'s stars, crosses, blobs, pairs and
+    smudges, gives the logit that an image holds none of the world's shapes (:meth:`rejects`). It shares nothing
+    with the feature network, so it changes no shapes-FID.
     """
 
     def __init__(self, image_size: int = 32, channels: Sequence[int] = (32, 64, 128), feature_dim: int = 128,

@@ -1,5 +1,5 @@
-"""What every trainer shares (addlib.utils.runs): the schedule, the per-step generators, the EMA, the loop's bookkeeping,
-its checkpoints and NaN stops, and the recipe beside the model."""
+"""What every trainer shares (addlib.utils.runs): the schedule, the per-step generators, the EMA, the loop's
+bookkeeping, its checkpoints and NaN stops, and the recipe beside the model."""
 
 import dataclasses
 import json

@@ -228,8 +228,8 @@ def test_sample_sizes(pipe):
         (dict(batch_size=0), r"^batch_size must be an integer of at least 1, got 0$"),
         (dict(prompts=[None]), r"^prompts must be strings, got None among them"),
     ],
-    ids=["height", "width", "sampler", "ddpm-eta", "guidance", "nan-guidance", "unknown-word", "str-prompt", "latents", "nan-latents",
-         "fractional-steps", "zero-steps", "seed-list", "batch-size", "none-prompt"],
+    ids=["height", "width", "sampler", "ddpm-eta", "guidance", "nan-guidance", "unknown-word", "str-prompt", "latents",
+         "nan-latents", "fractional-steps", "zero-steps", "seed-list", "batch-size", "none-prompt"],
 )
 def test_sample_bad_input_gives_one_line_errors(pipe, kwargs, match):
     kwargs = {"prompts": PROMPTS, "num_inference_steps": 1, **kwargs}

@@ -121,8 +121,8 @@ def in_fresh_process(function, *args):
 
 
 def bench_rehearsal(args: argparse.Namespace) -> list[dict]:
-    """ADD at real scale on the rehearsal models (:mod:`addlib.course.rehearsal`: the hub architectures, random weights):
-    seconds per step and peak memory for each memory option, the student's one-step sampling time, and the
+    """ADD at real scale on the rehearsal models (:mod:`addlib.course.rehearsal`: the hub architectures, random
+    weights): seconds per step and peak memory for each memory option, the student's one-step sampling time, and the
     one-step stream's frames per second with TAESD. Each measurement runs in a fresh process, so each peak is its
     own; the rows are timed round by round (A B C D E, A B C D E), and each row's time relative to the first is
     taken within a round, as the machine's speed drifts between rounds. Returns the training rows."""

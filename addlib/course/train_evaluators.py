@@ -9,7 +9,7 @@ The attribute classifier (the evaluator of :mod:`addlib.bench.metrics`), then th
 of ADD's discriminator, pretrained supervised like DeiT: Touvron et al., 2021) learn the five attributes with
 a sum of cross-entropies, one per attribute, using AdamW with a warmed-up cosine learning rate. The classifier
 then learns, in a second stage, to say "none of these": its separate ``reject`` CNN takes a binary cross-entropy
-on half real images, half :func:`~addlib.course.train_evaluators.make_malformed`'s (label 1), with a little blur as well (a
+on half real images, half :func:`make_malformed`'s (label 1), with a little blur as well (a
 generator's edges are softer than a render's), while the attribute network, which has no part in that loss,
 stays as it was.
 

@@ -1,7 +1,7 @@
 """Train a tiny VAE for the miniature: TAESD's recipe, an ``AutoencoderTiny`` that imitates the teacher's VAE.
 
-    python -m addlib.course.train_tiny_vae                  # the shipped recipe: data/tiny_vae, run folder runs/tiny_vae
-    python -m addlib.course.train_tiny_vae --resume         # go on from the last checkpoint after an interruption
+    python -m addlib.course.train_tiny_vae            # the shipped recipe: data/tiny_vae, run folder runs/tiny_vae
+    python -m addlib.course.train_tiny_vae --resume   # go on from the last checkpoint after an interruption
 
 Stable Diffusion's VAE decoder is the most memory-hungry part of a step that decodes to pixels (ADD's
 discriminator and pixel-space distillation loss) and a large part of every streamed frame's time. TAESD
