@@ -242,7 +242,7 @@ def _add_evaluation_set(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompts-seed", type=int, default=REFERENCE_SEED,
                         help=f"shapes seed of the prompts and of FID's real images (the benchmark's: "
                              f"{REFERENCE_SEED}); another gives an independent set, to choose between runs "
-                             f"without tuning on the benchmark")
+                             f"without tuning on the benchmark (default: %(default)s)")
 
 
 def add_parsers(subcommands) -> None:
