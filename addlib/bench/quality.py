@@ -22,7 +22,7 @@ from addlib.bench.tables import (
 from addlib.loading import LADD_STUDENT_DIR, STUDENT_DIR, TEACHER_DIR, TINY_VAE_DIR
 from addlib.shapes import ATTRIBUTES, SEEDS, make_shapes
 from addlib.utils.commands import at_least
-from addlib.utils.errors import check_folder
+from addlib.utils.checkpoints import check_run_dir
 
 # Students trained like the shipped one but for one change (docs/benchmarks.md): the loss ablation of ADD's
 # Table 1d, and LADD's setting, the teacher's own images in place of real ones, with and without L_distill.
@@ -199,10 +199,7 @@ def bench_curve(args: argparse.Namespace) -> list[dict]:
     config = Config(discriminator=args.discriminator, steps=args.steps, checkpoint_every=args.every)
     if args.decay_from is not None and not 0 <= args.decay_from < config.steps:
         raise ValueError(f"--decay-from must be a step in 0..{config.steps - 1}, got {args.decay_from}")
-    check_folder("--run-dir", args.run_dir)
-    if not args.resume and (args.run_dir / "checkpoint.json").exists():
-        raise ValueError(f"{args.run_dir} already holds a checkpoint: pass --resume to go on with it, or give "
-                         f"another --run-dir")
+    check_run_dir(args.run_dir, args.resume)
     trainer = ADDTrainer.from_config(config)
     run = Run(args.run_dir, trainer.modules(), trainer.optimizers(), config, args.resume, step=0, curve=[],
               decay_from=args.decay_from)

@@ -49,6 +49,7 @@ from addlib.shapes import (  # the world's own renderer draws what is not of the
     _uniforms,
     make_shapes,
 )
+from addlib.utils.checkpoints import check_run_dir
 from addlib.utils.commands import OneLineParser, TrainingConfig, add_config_options, run_command
 from addlib.utils.errors import check_folder
 from addlib.utils.runs import Run, lr_at, set_lr, step_generator
@@ -289,15 +290,15 @@ def main(argv: list[str] | None = None) -> None:
     run_dir, resume = args.pop("run_dir"), args.pop("resume")
     if steps is not None:
         args |= {"classifier_steps": steps, "reject_steps": steps, "vit_steps": steps}
+    names = list(NETWORKS) if which == "both" else [which]
     try:
         config = Config(**args)  # checked as it is built
         check_folder("--out", out)
         check_folder("--run-dir", run_dir)
+        for name in names:  # each network's run has a folder of its own
+            check_run_dir(run_dir / name, resume)
     except ValueError as error:
         parser.error(str(error))
-    names = list(NETWORKS) if which == "both" else [which]
-    if not resume and any((run_dir / name / "checkpoint.json").exists() for name in names):
-        parser.error(f"{run_dir} already holds checkpoints: pass --resume to continue them, or another --run-dir")
     for name in names:
         recipe = train(name, config, out, run_dir, resume)
         accuracy = ", ".join(f"{k} {v:.4f}" for k, v in recipe["held_out_accuracy"].items())

@@ -15,6 +15,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from addlib.utils.errors import check_folder
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> None:
+    """Refuse, before a run starts, a ``run_dir`` that is a file, or one that holds a checkpoint when the run
+    would start afresh: a finished or interrupted run is never overwritten by accident."""
+    check_folder("--run-dir", run_dir)
+    if not resume and (run_dir / "checkpoint.json").exists():
+        raise ValueError(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or another --run-dir")
+
 
 def save_checkpoint(run_dir: Path, modules: dict, optimizers: dict, state: dict) -> None:
     """Save ``modules`` and ``optimizers`` (name -> object) and the JSON-able ``state`` to ``run_dir``."""

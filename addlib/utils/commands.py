@@ -22,6 +22,7 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from addlib.utils.checkpoints import check_run_dir
 from addlib.utils.errors import check_folder
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -185,7 +186,7 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
     try:
         config = config_class(**args)  # a TrainingConfig checks itself as it is built
         check_folder("--out", out)
-        check_folder("--run-dir", run_dir)
+        check_run_dir(run_dir, resume)
     except ValueError as error:
         parser.error(str(error))
     # An option set on the command line to a value this run never reads is refused; left at its default it is
@@ -196,6 +197,4 @@ def parse_run_arguments(parser: argparse.ArgumentParser, argv: list[str] | None,
         option = f"--{name.replace('_', '-')}"
         if (option in given or f"--no-{option[2:]}" in given) and getattr(config, name) != defaults[name]:
             parser.error(f"{option} has no effect in this run: {why}")
-    if not resume and (run_dir / "checkpoint.json").exists():
-        parser.error(f"{run_dir} already holds a checkpoint: pass --resume to continue it, or another --run-dir")
     return config, out, run_dir, resume
