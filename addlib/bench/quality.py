@@ -192,7 +192,6 @@ def bench_curve(args: argparse.Namespace) -> list[dict]:
     trainer's step-indexed draws make every row the same as a straight ``train_add`` run's at that step."""
     from addlib.add_trainer import ADDTrainer, student_pipeline
     from addlib.evaluators import load_attribute_classifier
-    from addlib.sampling import sample
     from addlib.train_add import Config
     from addlib.utils.runs import Run, set_lr
 
@@ -212,8 +211,7 @@ def bench_curve(args: argparse.Namespace) -> list[dict]:
     def score_and_checkpoint() -> None:
         pipe, row = student_pipeline(trainer), {"step": run.state["step"]}
         for steps in (1, 4):
-            images = sample(pipe, prompts, steps, seed=args.seed, sampler="add")
-            quality = quality_row(images, prompts, reference, classifier)
+            quality = _sampled_row(pipe, prompts, reference, classifier, steps, 1.0, args.seed, sampler="add")
             row |= {f"{steps} step{'s' * (steps > 1)}: {name}": quality[name]
                     for name in ("joint acc", "2+ shapes", "shapes-FID")}
         run.state["curve"].append(row)
